@@ -1,0 +1,33 @@
+# The two set-up commands of the README. Each creates .venv and installs what it needs.
+# torch is pinned to 2.13.0 so that the local CPU build is taken where one is provided.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flops-meter estimate --model meta-llama/Llama-3.1-8B --sequences 20000 --seq-len 2048 --method lora --lora-r 16 --lora-targets all-linear
+	$(BIN)/flops-meter estimate --model tiny-llama --sequences 64 --seq-len 128 --method full --json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The CDK app and constructs that provision the governed pipeline (cdk.json: python3 infra/app.py)."""

@@ -1,0 +1,1 @@
+"""The governed pipeline assembled from the steps, its definition JSON and the local runner."""
