@@ -1,0 +1,30 @@
+"""flops-meter: exact FLOPs of LLM fine-tuning, for the EU AI Act's one-third rule.
+
+Light by design: importing ``meter`` loads no torch, transformers, sagemaker or boto3; the analytic engine is
+pure Python. Typical use::
+
+    from meter import ModelSpec, TrainingSetup, TokenStats, CostModel, spec_from_config
+    spec = spec_from_config("config.json")
+    count = CostModel(spec, TrainingSetup(method="lora", lora_r=16)).count(TokenStats.uniform(10_000, 2048))
+    count.regulatory_flops, count.executed_flops
+"""
+
+from meter.count import CostModel, FlopsCount, TrainingSetup, count_flops
+from meter.errors import MeterError
+from meter.spec import ModelSpec, MoESpec, spec_from_config
+from meter.tokens import TokenStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostModel",
+    "FlopsCount",
+    "MeterError",
+    "MoESpec",
+    "ModelSpec",
+    "TokenStats",
+    "TrainingSetup",
+    "__version__",
+    "count_flops",
+    "spec_from_config",
+]

@@ -1,0 +1,143 @@
+"""Ground truth: tiny random-initialised models of every supported family, measured with ``FlopCounterMode``.
+
+Used by the tests and ``bench/accuracy.py``. Models use eager attention and eager experts, because
+``FlopCounterMode`` counts 0 for CPU SDPA and for grouped-mm experts. Imports torch/transformers/peft lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meter.count import DEFAULT_LORA_TARGETS, TrainingSetup
+
+_COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=160)
+
+# Small configs exercising each family's particulars: GQA, explicit head_dim, biases, sliding windows, MoE with
+# dense layers in between, shared experts, fused projections, parallel residuals, multi-query, dropouts.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": dict(_COMMON, model_type="llama", num_key_value_heads=2, tie_word_embeddings=False),
+    "mistral": dict(_COMMON, model_type="mistral", num_key_value_heads=2, sliding_window=96),
+    "mixtral": dict(_COMMON, model_type="mixtral", num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2": dict(_COMMON, model_type="qwen2", num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen3": dict(_COMMON, model_type="qwen3", num_key_value_heads=2, head_dim=24),
+    "qwen2_moe": dict(
+        _COMMON,
+        model_type="qwen2_moe",
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=48,
+        shared_expert_intermediate_size=96,
+        decoder_sparse_step=2,
+    ),
+    "qwen3_moe": dict(
+        _COMMON,
+        model_type="qwen3_moe",
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=48,
+        mlp_only_layers=[0],
+    ),
+    "gemma": dict(_COMMON, model_type="gemma", num_key_value_heads=1, head_dim=32),
+    "gemma2": dict(_COMMON, model_type="gemma2", num_key_value_heads=2, head_dim=16, sliding_window=64),
+    "phi3": dict(_COMMON, model_type="phi3", num_key_value_heads=2, resid_pdrop=0.1, pad_token_id=0),
+    "gpt2": dict(model_type="gpt2", vocab_size=512, n_embd=64, n_layer=4, n_head=4, n_positions=1024),
+    "gpt_neox": dict(_COMMON, model_type="gpt_neox", rotary_pct=0.5, hidden_dropout=0.1),
+    "falcon": dict(
+        model_type="falcon",
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        new_decoder_architecture=False,
+        bias=False,
+    ),
+}
+
+# "LoRA on q and v" per family: separate q_proj/v_proj where they exist, else the fused projection.
+QV_TARGETS: dict[str, tuple[str, ...]] = {t: DEFAULT_LORA_TARGETS.get(t, ("q_proj", "v_proj")) for t in TINY_CONFIGS}
+
+LAYER_PREFIX: dict[str, str] = {"gpt2": r"transformer\.h", "falcon": r"transformer\.h", "gpt_neox": r"gpt_neox\.layers"}
+
+
+def upper_half_regex(model_type: str, num_layers: int) -> str:
+    """A `--trainable` regex selecting the upper half of the decoder layers."""
+    prefix = LAYER_PREFIX.get(model_type, r"model\.layers")
+    return prefix + r"\.(" + "|".join(str(i) for i in range(num_layers // 2, num_layers)) + r")\."
+
+
+def build_model(config: dict[str, Any], setup: TrainingSetup, seed: int = 0):
+    """A random-initialised causal LM prepared as `setup` says (frozen parameters, LoRA, checkpointing)."""
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(config)
+    model_type = cfg.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    model = (
+        AutoModelForCausalLM.from_config(
+            hf_config, attn_implementation=setup.attn_implementation, experts_implementation="eager"
+        )
+        if _has_experts(model_type)
+        else AutoModelForCausalLM.from_config(hf_config, attn_implementation=setup.attn_implementation)
+    )
+    if setup.uses_lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = setup.lora_targets or QV_TARGETS[model_type]
+        lora = LoraConfig(
+            r=setup.lora_r,
+            lora_alpha=2 * setup.lora_r,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            lora_dropout=setup.lora_dropout,
+            use_dora=setup.dora,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    elif setup.method == "freeze":
+        rx = re.compile("|".join(setup.trainable))
+        for name, p in model.named_parameters():
+            p.requires_grad_(bool(rx.search(name)))
+    if setup.gradient_checkpointing:
+        base = model.get_base_model() if setup.uses_lora else model
+        base.activation_checkpointing_enable(  # also makes the embedding output require grad, as Trainer sees it
+            activation_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing},
+            every_n_layers=setup.checkpoint_every_n_layers,
+        )
+    model.train()
+    return model
+
+
+def _has_experts(model_type: str) -> bool:
+    return model_type in ("mixtral", "qwen2_moe", "qwen3_moe")
+
+
+def padded_batch(lengths: list[int], padded_to: int, vocab: int, seed: int = 0):
+    """Right-padded input_ids, attention_mask and labels (-100 on padding) for the given real lengths."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (len(lengths), padded_to), generator=g)
+    mask = torch.zeros(len(lengths), padded_to, dtype=torch.long)
+    for row, s in enumerate(lengths):
+        mask[row, :s] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def measure_step(model, input_ids, attention_mask, labels) -> int:
+    """FLOPs of one forward + backward as ``torch.utils.flop_counter.FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        out.loss.backward()
+    return counter.get_total_flops()
