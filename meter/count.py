@@ -45,6 +45,10 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def default_lora_targets(model_type: str) -> tuple[str, ...]:
+    return DEFAULT_LORA_TARGETS.get(model_type, ("q_proj", "v_proj"))
+
+
 @dataclass(frozen=True)
 class TrainingSetup:
     """How the model is trained: which parameters learn, and how the step is executed."""
@@ -179,6 +183,11 @@ class CostModel:
         self.regulatory = _rates(self.graph, self.trainable, self.setup, executed=False)
         self.executed = _rates(self.graph, self.trainable, self.setup, executed=True)
 
+    @property
+    def windows(self) -> frozenset[int]:
+        """Sliding windows whose pair counts TokenStats must carry (TokenStats.from_lengths(..., windows=...))."""
+        return frozenset(w for w in self.spec.windows if w is not None)
+
     def count(self, stats: TokenStats) -> FlopsCount:
         reg, exe = self.regulatory, self.executed
         regulatory = reg.per_token.times(stats.tokens) + reg.per_pass.times(stats.passes)
@@ -233,9 +242,7 @@ PEFT_MOE_PARAM_TARGETS: dict[str, dict[str, str]] = {
 
 def _lora_targets(graph: ModelGraph, setup: TrainingSetup) -> tuple[Callable[[str], bool], dict[str, int]]:
     """Which linear modules get LoRA (a name predicate), and which MoE parameters (suffix -> projections fused)."""
-    targets = setup.lora_targets
-    if targets is None:
-        targets = DEFAULT_LORA_TARGETS.get(graph.spec.model_type, ("q_proj", "v_proj"))
+    targets = setup.lora_targets or default_lora_targets(graph.spec.model_type)
     all_linear = targets == "all-linear" or (isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"])
     param_map = PEFT_MOE_PARAM_TARGETS.get(graph.spec.model_type)
     if isinstance(targets, str) and not all_linear:

@@ -264,16 +264,25 @@ def _plain_layer(b: _Builder, spec: ModelSpec, i: int, x: str) -> str:
     return b.pointwise("residual", r, m, saves=False)
 
 
+def _top_names(spec: ModelSpec) -> tuple[str, str, tuple[str, ...], str]:
+    """(root module, layer list, embedding modules, final norm) of the architecture."""
+    if spec.layout == "gated":
+        return "model", "layers", ("embed_tokens",), "norm"
+    return _PLAIN_NAMES[spec.model_type][:4]
+
+
+def layer_prefix(spec: ModelSpec) -> str:
+    """Where decoder layer i's parameters live: ``f"{layer_prefix(spec)}.{i}."``, e.g. 'model.layers'."""
+    root, layers_name, _, _ = _top_names(spec)
+    return f"{root}.{layers_name}"
+
+
 def build_graph(spec: ModelSpec) -> ModelGraph:
     """The op graph of one training forward pass of ``spec`` (all parameters trainable, no adapters)."""
     params: dict[str, int] = {}
     h = spec.hidden_size
-    if spec.layout == "gated":
-        root, layers_name, embeds, final_norm = "model", "layers", ("embed_tokens",), "norm"
-        layer_fn = _gated_layer
-    else:
-        root, layers_name, embeds, final_norm = _PLAIN_NAMES[spec.model_type][:4]
-        layer_fn = _plain_layer
+    root, layers_name, embeds, final_norm = _top_names(spec)
+    layer_fn = _gated_layer if spec.layout == "gated" else _plain_layer
 
     emb = _Builder(params, f"{root}.")
     embed_params = tuple(f"{root}.{e}.weight" for e in embeds)

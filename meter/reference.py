@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.count import DEFAULT_LORA_TARGETS, TrainingSetup
+from meter.count import TrainingSetup, default_lora_targets
 
 _COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=160)
 
@@ -59,7 +59,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # "LoRA on q and v" per family: separate q_proj/v_proj where they exist, else the fused projection.
-QV_TARGETS: dict[str, tuple[str, ...]] = {t: DEFAULT_LORA_TARGETS.get(t, ("q_proj", "v_proj")) for t in TINY_CONFIGS}
+QV_TARGETS: dict[str, tuple[str, ...]] = {t: default_lora_targets(t) for t in TINY_CONFIGS}
 
 LAYER_PREFIX: dict[str, str] = {"gpt2": r"transformer\.h", "falcon": r"transformer\.h", "gpt_neox": r"gpt_neox\.layers"}
 

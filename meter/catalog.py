@@ -1,0 +1,119 @@
+"""What ships with the package: base-model configs (architecture only) and their published pretraining compute.
+
+Both are looked up by Hugging Face model id, case-insensitively. Instruct/chat variants resolve to their base,
+with a note: the post-training compute of the variant is not published and is not included (which makes the
+one-third threshold lower, i.e. conservative).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from meter.errors import MeterError
+
+_VARIANT = re.compile(r"-(instruct|chat|it)(?=-|$)", re.IGNORECASE)
+
+
+def _data() -> Path:
+    return Path(str(resources.files("meter") / "data"))
+
+
+@cache
+def bundled_configs() -> dict[str, Path]:
+    """Bundled config files by lower-cased model id (and by bare name: 'llama-3.1-8b', 'tiny-llama')."""
+    index: dict[str, Path] = {}
+    for path in sorted((_data() / "configs").glob("*.json")):
+        model_id = path.stem.replace("--", "/")
+        index[model_id.lower()] = path
+        index.setdefault(model_id.rsplit("/", 1)[-1].lower(), path)
+    return index
+
+
+def _base_id(model_id: str) -> str:
+    return _VARIANT.sub("", model_id)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    config: dict[str, Any]
+    name: str
+    source: str  # where the config came from
+    note: str = ""
+
+
+def resolve_model(model: str) -> ResolvedModel:
+    """A model argument as the CLI takes it: a config.json path, a model directory, or a (bundled) HF model id."""
+    path = Path(model)
+    if path.exists():
+        from meter.spec import load_config
+
+        cfg = load_config(path)
+        return ResolvedModel(cfg, str(cfg.get("_name_or_path") or model), str(path))
+    index = bundled_configs()
+    key = model.lower()
+    note = ""
+    if key not in index and _base_id(key) in index:
+        note = f"{model} uses the architecture of its base {_base_id(model)}"
+        key = _base_id(key)
+    if key not in index:
+        if "/" in model or model.endswith(".json"):
+            raise MeterError(
+                f"model '{model}' is neither a file nor a bundled config: download its config.json "
+                f"(https://huggingface.co/{model}/blob/main/config.json) and pass the path to --model"
+            )
+        raise MeterError(f"unknown model '{model}': give a config.json path or a Hugging Face id (flops-meter models)")
+    cfg = json.loads(index[key].read_text())
+    return ResolvedModel(cfg, model if note else cfg["_name_or_path"], f"bundled {index[key].name}", note)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Published pretraining compute
+
+
+@dataclass(frozen=True)
+class PretrainCompute:
+    model_id: str  # the row that matched
+    flops: float | None  # None: not published
+    basis: str
+    source: str
+    date: str
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@cache
+def _pretrain_rows() -> dict[str, dict[str, Any]]:
+    doc = json.loads((_data() / "pretrain_compute.json").read_text())
+    rows: dict[str, dict[str, Any]] = {}
+    for row in doc["models"]:
+        for model_id in (row["id"], *row.get("aliases", ())):
+            rows[model_id.lower()] = row
+    return rows
+
+
+def pretrain_compute(model_id: str) -> PretrainCompute | None:
+    """The published pretraining compute of a model id, or None when the table has no row for it."""
+    rows = _pretrain_rows()
+    key, note = model_id.lower(), ""
+    if key not in rows and _base_id(key) in rows:
+        key = _base_id(key)
+        note = (
+            f"{model_id} resolved to its base {rows[key]['id']}: the post-training compute of the variant is not "
+            "published and is excluded, which lowers the threshold (conservative)"
+        )
+    row = rows.get(key)
+    if row is None:
+        return None
+    return PretrainCompute(row["id"], row["flops"], row["basis"], row["source"], row["date"], note)
+
+
+def pretrain_table() -> list[dict[str, Any]]:
+    return json.loads((_data() / "pretrain_compute.json").read_text())["models"]

@@ -1,0 +1,380 @@
+"""The ``flops-meter`` command line.
+
+``flops-meter estimate``  plan a fine-tuning run: exact FLOPs from the model config and the data size, compared
+                          across methods and against the one-third threshold.
+``flops-meter models``    the bundled model configs and the published pretraining compute.
+
+Exit status: 0 success, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meter.errors import MeterError
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            try:
+                value = float(text)  # 1e6 is a fine way to write a token count
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
+            if value != int(value):
+                raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            value = int(value)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line with a pointer to --help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="flops-meter",
+        description="Exact FLOPs of LLM fine-tuning and the EU AI Act one-third rule. Not legal advice.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    est = sub.add_parser(
+        "estimate",
+        help="estimate the compute of a planned fine-tuning run",
+        description="Estimate the FLOPs of a planned fine-tuning run from the model config and the data size.",
+    )
+    est.add_argument("--model", required=True, help="config.json path, model directory, or Hugging Face model id")
+    size = est.add_argument_group("data size (give --sequences, or --tokens; with --seq-len)")
+    size.add_argument("--sequences", type=_positive_int("--sequences"), help="number of training sequences")
+    size.add_argument("--tokens", type=_positive_int("--tokens"), help="number of training tokens (non-padding)")
+    size.add_argument("--seq-len", type=_positive_int("--seq-len"), help="tokens per sequence")
+    size.add_argument("--epochs", type=_positive_int("--epochs"), default=1, help="passes over the data (default 1)")
+    method = est.add_argument_group("training method")
+    method.add_argument("--method", choices=("full", "lora", "qlora", "freeze"), default="full")
+    method.add_argument("--lora-r", type=_positive_int("--lora-r"), default=16, help="LoRA rank (default 16)")
+    method.add_argument(
+        "--lora-targets",
+        help="comma-separated module names, 'all-linear', or a regex (default: peft's for the architecture)",
+    )
+    method.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA)")
+    method.add_argument(
+        "--trainable", action="append", default=[], metavar="REGEX", help="trainable parameters (freeze; repeatable)"
+    )
+    method.add_argument("--gradient-checkpointing", action="store_true")
+    method.add_argument(
+        "--attn-implementation", choices=("eager", "sdpa", "flash_attention_2", "flash_attention_3"), default="sdpa"
+    )
+    reg = est.add_argument_group("threshold")
+    reg.add_argument("--pretrain-flops", help="the original model's training compute in FLOP (default: bundled table)")
+    reg.add_argument(
+        "--original-systemic-risk", action="store_true", help="the original has systemic risk (for the fallback rule)"
+    )
+    est.add_argument("--measure", action="store_true", help="count with FlopCounterMode on the meta device instead")
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("models", help="list the bundled model configs and published pretraining compute")
+    return parser
+
+
+def _version() -> str:
+    from meter import __version__
+
+    return __version__
+
+
+@dataclass
+class Plan:
+    """Everything `estimate` computed, ready to print as a table or JSON."""
+
+    model: str
+    model_note: str
+    spec: Any
+    setup: Any
+    counts: dict[str, Any]  # label -> (setup, FlopsCount, trainable parameters)
+    selected: str
+    stats: Any
+    threshold: Any
+    pretrain: Any
+
+    @property
+    def count(self):
+        return self.counts[self.selected][1]
+
+    def headroom(self) -> tuple[float, float | None]:
+        flops = self.threshold.flops - self.count.regulatory_flops
+        per_token = self.count.flops_per_token
+        return flops, (flops / per_token if per_token else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        from meter.thresholds import NOT_LEGAL_ADVICE
+
+        count = self.count
+        headroom_flops, headroom_tokens = self.headroom()
+        return {
+            "model": self.model,
+            "method": self.setup.method,
+            "setup": self.setup.describe(),
+            "regulatory_flops": count.regulatory_flops,
+            "executed_flops": count.executed_flops,
+            "flops_per_token": count.flops_per_token,
+            "tokens": self.stats.tokens,
+            "parameters": self.counts[self.selected][2][0],
+            "trainable_parameters": self.counts[self.selected][2][1],
+            "regulatory": count.regulatory.__dict__,
+            "executed": count.executed.__dict__,
+            "threshold": {
+                "flops": self.threshold.flops,
+                "rule": self.threshold.rule,
+                "citation": self.threshold.citation,
+                "original_flops": self.threshold.original_flops,
+                "original_source": None if self.pretrain is None else self.pretrain.to_dict(),
+                "notes": list(self.threshold.notes),
+            },
+            "crosses_threshold": self.threshold.crossed_by(count.regulatory_flops),
+            "fraction_of_threshold": count.regulatory_flops / self.threshold.flops,
+            "headroom_flops": headroom_flops,
+            "headroom_tokens": headroom_tokens,
+            "comparison": {
+                label: {
+                    "setup": s.describe(),
+                    "regulatory_flops": c.regulatory_flops,
+                    "executed_flops": c.executed_flops,
+                }
+                for label, (s, c, _) in self.counts.items()
+            },
+            "disclaimer": f"Estimate before training; the run's meter gives the count of record. {NOT_LEGAL_ADVICE}",
+        }
+
+
+def _stats(args, windows) -> Any:
+    from meter.tokens import TokenStats
+
+    if args.seq_len is None:
+        raise MeterError("--seq-len is required: attention cost depends on the sequence length")
+    if (args.sequences is None) == (args.tokens is None):
+        raise MeterError("give exactly one of --sequences N or --tokens N (with --seq-len)")
+    if args.sequences is not None:
+        stats = TokenStats.uniform(args.sequences, args.seq_len, windows=windows)
+    else:
+        full, rest = divmod(args.tokens, args.seq_len)
+        stats = TokenStats.uniform(full, args.seq_len, windows=windows) if full else TokenStats()
+        if rest:
+            stats = stats + TokenStats.from_lengths([rest], windows=windows)
+    return stats.scaled(args.epochs)
+
+
+def _targets(text: str | None):
+    if text is None:
+        return None
+    if text == "all-linear" or any(c in text for c in "*+?[]()|\\^$"):
+        return text
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def plan(args) -> Plan:
+    from meter.catalog import pretrain_compute, resolve_model
+    from meter.count import CostModel, TrainingSetup
+    from meter.spec import spec_from_config
+    from meter.thresholds import check_flops, threshold_for
+
+    resolved = resolve_model(args.model)
+    common = dict(gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn_implementation)
+    setup = TrainingSetup(
+        method=args.method,
+        lora_r=args.lora_r,
+        lora_targets=_targets(args.lora_targets),
+        dora=args.dora,
+        trainable=tuple(args.trainable),
+        **common,
+    )
+    if args.measure:
+        from meter.measure import MeasuredCostModel
+
+        models = {"measured": (setup, MeasuredCostModel(resolved.config, setup, name=resolved.name))}
+        spec, selected = None, "measured"
+    else:
+        spec = spec_from_config(resolved.config, name=resolved.name)
+        alternatives = {
+            "full": TrainingSetup(**common),
+            "lora": TrainingSetup(method="lora", lora_r=args.lora_r, lora_targets=setup.lora_targets, **common),
+            "freeze": TrainingSetup(method="freeze", trainable=setup.trainable or (_upper_quarter(spec),), **common),
+        }
+        selected = "qlora" if setup.method == "qlora" else setup.method
+        alternatives[selected] = setup
+        models = {label: (s, CostModel(spec, s)) for label, s in alternatives.items()}
+    windows = set().union(*(getattr(m, "windows", set()) for _, m in models.values()))
+    stats = _stats(args, windows)
+    counts = {}
+    for label, (s, m) in models.items():
+        total = spec.parameter_count() if spec is not None else m.parameters
+        counts[label] = (s, m.count(stats), (total, m.trainable_parameters()))
+
+    pretrain = None
+    if args.pretrain_flops is not None:
+        original = check_flops(args.pretrain_flops, "--pretrain-flops")
+    else:
+        pretrain = pretrain_compute(resolved.name)
+        original = pretrain.flops if pretrain is not None else None
+    threshold = threshold_for(original, original_systemic_risk=args.original_systemic_risk)
+    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, pretrain)
+
+
+def _upper_quarter(spec) -> str:
+    """The illustrative freeze plan when none is given: the top quarter of the layers trainable."""
+    from meter.graph import layer_prefix
+
+    first = spec.num_layers - max(1, spec.num_layers // 4)
+    layers = "|".join(str(i) for i in range(first, spec.num_layers))
+    return re.escape(layer_prefix(spec)) + rf"\.({layers})\."
+
+
+def _console():
+    """A real terminal is used at its width; a pipe or CI log gets 110 columns instead of rich's 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=110)
+
+
+def _short(setup, spec) -> str:
+    """A method label that fits a narrow terminal: 'full', 'lora r16 all-linear', 'freeze 8/32 layers'."""
+    from meter.count import default_lora_targets
+
+    if setup.uses_lora:
+        targets = setup.lora_targets or default_lora_targets(spec.model_type if spec else "")
+        targets = targets if isinstance(targets, str) else ",".join(targets)
+        return f"{setup.method} r{setup.lora_r} {targets}" + (" DoRA" if setup.dora else "")
+    if setup.method == "freeze" and spec is not None:
+        from meter.graph import layer_prefix
+
+        rx = re.compile("|".join(setup.trainable))
+        layers = sum(1 for i in range(spec.num_layers) if rx.search(f"{layer_prefix(spec)}.{i}.mlp."))
+        return f"freeze: {layers}/{spec.num_layers} layers train"
+    return setup.method
+
+
+def print_plan(p: Plan) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from meter.thresholds import NOT_LEGAL_ADVICE, two_significant
+
+    console = _console()
+    s = p.spec
+    console.print(f"[bold]{p.model}[/bold]" + (f"  ({p.model_note})" if p.model_note else ""))
+    if s is not None:
+        moe = f", MoE {s.moe.num_experts} experts top-{s.moe.top_k}" if s.moe else ""
+        console.print(
+            f"  {s.model_type}: {s.num_layers} layers, hidden {s.hidden_size}, {s.num_heads} heads "
+            f"({s.num_kv_heads} KV, head_dim {s.head_dim}){moe}, vocab {s.vocab_size}, "
+            f"{s.parameter_count() / 1e9:.3g} B parameters"
+        )
+    st = p.stats
+    console.print(
+        f"  plan: {st.tokens:,} tokens in {st.sequences:,} sequences (max {st.max_len:,}), "
+        f"attention {p.setup.attn_implementation}"
+        + (", gradient checkpointing" if p.setup.gradient_checkpointing else "")
+    )
+
+    table = Table(title="Compute of the plan, FLOP", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("method", no_wrap=True, max_width=26, overflow="ellipsis")
+    for col in ("trainable", "regulatory", "executed", "per token", "of limit"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    for label, (setup, count, (_, trainable)) in p.counts.items():
+        table.add_row(
+            ("▶ " if label == p.selected else "  ") + _short(setup, p.spec),
+            f"{trainable:.2g}",
+            f"{count.regulatory_flops:.2g}",
+            f"{count.executed_flops:.2g}",
+            f"{count.flops_per_token:.3g}",
+            f"{count.regulatory_flops / p.threshold.flops * 100:.2g}%",
+        )
+    console.print(table)
+
+    t = p.threshold
+    if p.pretrain is not None and p.pretrain.flops is not None:
+        pc = p.pretrain
+        origin = f"{pc.model_id}: {pc.flops:.4g} FLOP ({pc.basis}; {pc.source}; {pc.date})"
+    elif t.original_flops is not None:
+        origin = f"given: {t.original_flops:.4g} FLOP"
+    else:
+        origin = "unknown" + (f" ({p.pretrain.source})" if p.pretrain is not None else " (not in the bundled table)")
+    console.print(f"original training compute: {origin}")
+    if p.pretrain is not None and p.pretrain.note:
+        console.print(f"  note: {p.pretrain.note}")
+    console.print(f"threshold: [bold]{two_significant(t.flops)}[/bold]  — {t.citation}")
+    for note in t.notes:
+        console.print(f"  note: {note}")
+    headroom_flops, headroom_tokens = p.headroom()
+    if t.crossed_by(p.count.regulatory_flops):
+        console.print(
+            f"[bold red]The plan crosses the threshold[/bold red] by {two_significant(-headroom_flops)}: "
+            "the modifier would become the provider of a GPAI model (Guidelines §3.2)."
+        )
+    else:
+        console.print(
+            f"[green]Below the threshold[/green]: headroom {two_significant(headroom_flops)}"
+            + (
+                f" ≈ {headroom_tokens:.2g} more tokens at {p.count.flops_per_token:.3g} FLOP/token"
+                if headroom_tokens
+                else ""
+            )
+            + ". Compute of earlier jobs on the same model adds up."
+        )
+    console.print(f"[dim]Regulatory: non-padding tokens, causal pairs, no recomputation. {NOT_LEGAL_ADVICE}[/dim]")
+
+
+def list_models() -> None:
+    from rich.table import Table
+
+    from meter.catalog import bundled_configs, pretrain_compute
+
+    table = Table(title="Bundled model configs (architecture only)", title_justify="left")
+    for col in ("model id", "model_type", "pretraining compute", "source"):
+        table.add_column(col)
+    for key, path in sorted(bundled_configs().items()):
+        if "/" not in key and key != "tiny-llama":
+            continue  # bare-name aliases
+        cfg = json.loads(path.read_text())
+        pc = pretrain_compute(cfg["_name_or_path"])
+        flops = "—" if pc is None else ("unknown" if pc.flops is None else f"{pc.flops:.4g}")
+        table.add_row(cfg["_name_or_path"], cfg["model_type"], flops, "" if pc is None else pc.source)
+    _console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "estimate":
+            p = plan(args)
+            if args.json:
+                print(json.dumps(p.to_dict(), indent=2))
+            else:
+                print_plan(p)
+        elif args.command == "models":
+            list_models()
+    except MeterError as e:
+        print(f"flops-meter: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
