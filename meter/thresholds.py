@@ -28,21 +28,31 @@ _GUIDELINES = "Commission Guidelines on GPAI providers, C(2025) 5045 / C(2025) 7
 class Threshold:
     """The compute above which a modification makes its author the provider of a GPAI model."""
 
-    flops: float
+    basis_flops: float  # the figure whose third is taken: the original's compute, or 1e23 / 1e25 when unknown
     rule: str  # machine-readable: "one_third_of_known", "fallback_gpai", "fallback_systemic_risk"
     citation: str
     original_flops: float | None
     notes: tuple[str, ...] = ()
 
-    def crossed_by(self, flops: float) -> bool:
-        """Strictly greater than one third — compared exactly, without rounding the division."""
-        return Fraction(flops) > self.exact
+    @property
+    def flops(self) -> float:
+        return self.basis_flops / 3
 
     @property
     def exact(self) -> Fraction:
-        if self.original_flops is not None:
-            return Fraction(self.original_flops) * MODIFICATION_FRACTION
-        return Fraction(self.flops)
+        return exact(self.basis_flops) * MODIFICATION_FRACTION
+
+    def crossed_by(self, flops: float) -> bool:
+        """Strictly greater than one third — compared exactly, without rounding the division."""
+        return exact(flops) > self.exact
+
+
+def exact(x: float) -> Fraction:
+    """A figure as the exact rational its author wrote: integers as they are, floats by their shortest decimal.
+
+    9e22 is not exactly 9·10²² in binary; comparing binary values would make "exactly one third of 9e22" cross.
+    """
+    return Fraction(x) if isinstance(x, int) else Fraction(repr(float(x)))
 
 
 def check_flops(value: float, name: str) -> float:
@@ -78,7 +88,7 @@ def threshold_for(original_flops: float | None, *, original_systemic_risk: bool 
                 "presumed so too and must notify the Commission within two weeks (Art. 52(1); Guidelines §3.2.2)."
             )
         return Threshold(
-            flops=original / 3,
+            basis_flops=original,
             rule="one_third_of_known",
             citation=f"{_GUIDELINES}, §3.2: more than one third of the original model's training compute",
             original_flops=original,
@@ -86,13 +96,13 @@ def threshold_for(original_flops: float | None, *, original_systemic_risk: bool 
         )
     if original_systemic_risk:
         return Threshold(
-            flops=SYSTEMIC_RISK_FLOPS / 3,
+            basis_flops=SYSTEMIC_RISK_FLOPS,
             rule="fallback_systemic_risk",
             citation=f"{_GUIDELINES}, §3.2.2: original compute unknown, original has systemic risk: one third of 1e25",
             original_flops=None,
         )
     return Threshold(
-        flops=GPAI_INDICATIVE_FLOPS / 3,
+        basis_flops=GPAI_INDICATIVE_FLOPS,
         rule="fallback_gpai",
         citation=f"{_GUIDELINES}, §3.2: original compute unknown: one third of 1e23",
         original_flops=None,

@@ -1,0 +1,56 @@
+"""meter/ runs inside training containers: importing it must not pull sagemaker, boto3, aws_cdk (or even torch)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from meter.count import CostModel, TrainingSetup
+from meter.errors import MeterError
+from meter.measure import MeasuredCostModel
+from meter.reference import TINY_CONFIGS
+from meter.spec import spec_from_config
+from meter.tokens import TokenStats
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, meter, meter.count, meter.cli, meter.catalog, meter.thresholds;"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'sagemaker', 'boto3', 'aws_cdk') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_fallback_matches_the_engine_on_a_known_family() -> None:
+    pytest.importorskip("transformers")
+    config = dict(TINY_CONFIGS["qwen2"], _name_or_path="tiny-qwen2")
+    stats = TokenStats.from_lengths([100, 64], padded_to=100)
+    measured = MeasuredCostModel(config).count(stats)
+    analytic = CostModel(spec_from_config(config), TrainingSetup(attn_implementation="eager")).count(stats)
+    assert (measured.regulatory_flops, measured.executed_flops) == (analytic.regulatory_flops, analytic.executed_flops)
+
+
+def test_fallback_refuses_what_it_cannot_measure() -> None:
+    with pytest.raises(MeterError, match="full fine-tuning"):
+        MeasuredCostModel(TINY_CONFIGS["llama"], TrainingSetup(method="lora"))
+
+
+def test_invalid_setups() -> None:
+    for kwargs, match in [
+        (dict(method="sft"), "unknown training method"),
+        (dict(method="lora", lora_r=0), "LoRA rank"),
+        (dict(method="freeze"), "--trainable"),
+        (dict(method="freeze", trainable=("([",)), "not a valid regex"),
+        (dict(attn_implementation="magic"), "attention implementation"),
+    ]:
+        with pytest.raises(MeterError, match=match):
+            TrainingSetup(**kwargs)
+    spec = spec_from_config(TINY_CONFIGS["llama"])
+    with pytest.raises(MeterError, match="matches no parameter"):
+        CostModel(spec, TrainingSetup(method="freeze", trainable=("transformer\\.h",)))
+    with pytest.raises(MeterError, match="fused into gate_up_proj: also target w3"):
+        CostModel(spec_from_config(TINY_CONFIGS["mixtral"]), TrainingSetup(method="lora", lora_targets=("w1",)))
