@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from meter.errors import MeterError
-from meter.graph import Block, MatMul, ModelGraph, Op, Pointwise, build_graph
+from meter.graph import Block, MatMul, ModelGraph, Op, Pointwise, build_graph, layer_prefix
 from meter.spec import ModelSpec
 from meter.tokens import TokenStats
 
@@ -179,7 +179,8 @@ class CostModel:
         self.spec = spec
         self.setup = setup or TrainingSetup()
         self.graph = apply_lora(build_graph(spec), self.setup) if self.setup.uses_lora else build_graph(spec)
-        self.trainable = _trainable_predicate(self.graph, self.setup)
+        is_trainable = _trainable_predicate(self.graph, self.setup)
+        self.trainable = frozenset(name for name in self.graph.parameters if is_trainable(name))
         self.regulatory = _rates(self.graph, self.trainable, self.setup, executed=False)
         self.executed = _rates(self.graph, self.trainable, self.setup, executed=True)
 
@@ -200,7 +201,7 @@ class CostModel:
         return FlopsCount(regulatory, executed, stats.tokens, self.spec.name or self.spec.model_type, self.setup.method)
 
     def trainable_parameters(self) -> int:
-        return sum(n for name, n in self.graph.parameters.items() if self.trainable(name))
+        return sum(self.graph.parameters[name] for name in self.trainable)
 
 
 def count_flops(spec: ModelSpec, stats: TokenStats, setup: TrainingSetup | None = None) -> FlopsCount:
@@ -316,9 +317,8 @@ def apply_lora(graph: ModelGraph, setup: TrainingSetup) -> ModelGraph:
                 continue
             hits += 1
             fin, fout = op.lora_shape
-            base = replace(op, out=op.out + "/base")
             x = op.inputs[0]
-            ops.append(base)
+            ops.append(op)  # the base product; the adapter's sum below rewrites its output tensor
             if setup.lora_dropout > 0:
                 ops.append(Pointwise(out=x + "/lora_dropout", inputs=(x,)))
                 x = x + "/lora_dropout"
@@ -333,7 +333,7 @@ def apply_lora(graph: ModelGraph, setup: TrainingSetup) -> ModelGraph:
             ops.append(MatMul(f"{op.name}.lora_A", op.out + "/a", (x,), 2 * fin * r, weight=a_w))
             ops.append(MatMul(f"{op.name}.lora_B", op.out + "/b", (op.out + "/a",), 2 * r * fout, weight=b_w))
             # × scaling (a Python float: saves nothing), + base
-            ops.append(Pointwise(out=op.out, inputs=(op.out + "/base", op.out + "/b"), saves=False))
+            ops.append(Pointwise(out=op.out, inputs=(op.out, op.out + "/b"), saves=False))
         blocks.append(replace(block, ops=tuple(ops)))
     if hits == 0:
         linears = sorted({m.name.rsplit(".", 1)[-1] for m in graph.matmuls() if m.lora_shape})
@@ -348,57 +348,108 @@ def apply_lora(graph: ModelGraph, setup: TrainingSetup) -> ModelGraph:
 # Forward, backward and recompute rates
 
 
-def _rates(graph: ModelGraph, trainable: Callable[[str], bool], setup: TrainingSetup, *, executed: bool) -> Rates:
+def _rates(graph: ModelGraph, trainable: frozenset[str], setup: TrainingSetup, *, executed: bool) -> Rates:
+    """One forward walk over the graph: propagate requires_grad, sum forward, backward and recompute FLOPs.
+
+    Decoder layers of the same kind (window, MoE or dense), entered with the same requires_grad, checkpointed
+    alike and with the same trainable parameters cost the same: each distinct layer is walked once, so a
+    126-layer model costs about as much as a 2-layer one.
+    """
     rg: dict[str, bool] = {}
-    per_token, per_pass = PassFlops(), PassFlops()
-    per_pair: dict[int | None, PassFlops] = {}
-    checkpointing = executed and setup.gradient_checkpointing
+    sums: dict[tuple[str, int | None], list[int]] = {}
+    trainable_in_layer = _trainable_by_layer(graph.spec, trainable)
+    cache: dict[tuple, tuple[dict, bool]] = {}
     for block in graph.blocks:
-        saving: list[bool] = []
-        for op in block.ops:
-            if isinstance(op, Pointwise):
-                params_rg = any(trainable(p) for p in op.params)
-                needs = any(rg.get(i, False) for i in op.inputs) or params_rg
-                if checkpointing and block.name == "embeddings":
-                    needs = True  # transformers calls enable_input_require_grads() with checkpointing on
-                rg[op.out] = needs
-                saving.append(op.saves and needs)
-                continue
-            if op.executed_only and not executed:
-                continue
-            operands = [rg.get(i, False) for i in op.inputs]
-            weight_rg = op.weight is not None and trainable(op.weight)
-            rg[op.out] = any(operands) or weight_rg or (op.bias is not None and trainable(op.bias))
-            grads = sum(operands) + weight_rg
-            if op.unit == "pair" and executed and setup.fused_attention:
-                # One SDPA/flash kernel: whenever any of Q, K, V needs a gradient its backward computes all
-                # three and recomputes Q·Kᵀ (4 products + 1). Booked on the context product, which sees Q, K, V.
-                ran = op.name.endswith(".context") and any(operands)
-                rate = PassFlops(op.flops, 4 * op.flops if ran else 0, op.flops if ran else 0)
-            else:
-                rate = PassFlops(op.flops, op.flops * grads, 0)
-            saving.append(grads > 0)
-            if op.unit == "pair":
-                per_pair[op.window] = per_pair.get(op.window, PassFlops()) + rate
-            elif op.unit == "pass":
-                per_pass += rate
-            else:
-                per_token += rate
-        if checkpointing and block.layer is not None and block.layer % setup.checkpoint_every_n_layers == 0:
-            for op, rate_key, fwd in _recomputed(block, saving, setup.reentrant_checkpointing):
-                extra = PassFlops(recompute=fwd)
-                if op.unit == "pair":
-                    per_pair[rate_key] = per_pair.get(rate_key, PassFlops()) + extra
-                elif op.unit == "pass":
-                    per_pass += extra
-                else:
-                    per_token += extra
-    return Rates(per_token=per_token, per_pair=per_pair, per_pass=per_pass)
+        checkpointed = (
+            executed
+            and setup.gradient_checkpointing
+            and block.layer is not None
+            and block.layer % setup.checkpoint_every_n_layers == 0
+        )
+        key = None
+        if block.layer is not None:
+            i = block.layer
+            key = (graph.spec.windows[i], graph.spec.is_moe_layer(i), checkpointed, rg.get(block.input, False),
+                   len(block.ops), trainable_in_layer.get(i, frozenset()))  # fmt: skip
+        if key in cache:
+            block_sums, rg[block.output] = cache[key]
+        else:
+            block_sums = _block_rates(block, rg, trainable, setup, executed=executed, checkpointed=checkpointed)
+            if key is not None:
+                cache[key] = (block_sums, rg[block.output])
+        for k, (f, b, r) in block_sums.items():
+            acc = sums.setdefault(k, [0, 0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + f, acc[1] + b, acc[2] + r
+    rates = {key: PassFlops(*v) for key, v in sums.items()}
+    return Rates(
+        per_token=rates.get(("token", None), PassFlops()),
+        per_pair={w: r for (unit, w), r in rates.items() if unit == "pair"},
+        per_pass=rates.get(("pass", None), PassFlops()),
+    )
 
 
-def _recomputed(block: Block, saving: list[bool], reentrant: bool) -> Iterable[tuple[MatMul, int | None, int]]:
+def _trainable_by_layer(spec: ModelSpec, trainable: frozenset[str]) -> dict[int, frozenset[str]]:
+    """Trainable parameter names of each decoder layer, relative to the layer ('self_attn.q_proj.weight')."""
+    prefix = layer_prefix(spec) + "."
+    by_layer: dict[int, set[str]] = {}
+    for name in trainable:
+        if name.startswith(prefix):
+            index, _, rel = name[len(prefix) :].partition(".")
+            by_layer.setdefault(int(index), set()).add(rel)
+    return {i: frozenset(names) for i, names in by_layer.items()}
+
+
+def _block_rates(
+    block: Block,
+    rg: dict[str, bool],
+    trainable: frozenset[str],
+    setup: TrainingSetup,
+    *,
+    executed: bool,
+    checkpointed: bool,
+) -> dict[tuple[str, int | None], list[int]]:
+    """[forward, backward, recompute] FLOPs of one block per (unit, window); updates ``rg`` as autograd would."""
+    sums: dict[tuple[str, int | None], list[int]] = {}
+    saving: list[bool] = []
+    fused = executed and setup.fused_attention
+    force_input_grad = executed and setup.gradient_checkpointing and block.name == "embeddings"
+    for op in block.ops:
+        if type(op) is Pointwise:
+            # with checkpointing on, transformers calls enable_input_require_grads(): embeddings output needs grad
+            needs = (
+                force_input_grad or any(rg.get(i, False) for i in op.inputs) or any(p in trainable for p in op.params)
+            )
+            rg[op.out] = needs
+            saving.append(op.saves and needs)
+            continue
+        if op.executed_only and not executed:
+            saving.append(False)
+            continue
+        grads = sum(rg.get(i, False) for i in op.inputs)
+        inputs_rg = grads > 0
+        if op.weight is not None and op.weight in trainable:
+            grads += 1
+        rg[op.out] = grads > 0 or (op.bias is not None and op.bias in trainable)
+        acc = sums.setdefault((op.unit, op.window), [0, 0, 0])
+        acc[0] += op.flops
+        if op.unit == "pair" and fused:
+            # One SDPA/flash kernel: whenever any of Q, K, V needs a gradient its backward computes all
+            # three and recomputes Q·Kᵀ (4 products + 1). Booked on the context product, which sees Q, K, V.
+            if inputs_rg and op.name.endswith(".context"):
+                acc[1] += 4 * op.flops
+                acc[2] += op.flops
+        else:
+            acc[1] += grads * op.flops
+        saving.append(grads > 0)
+    if checkpointed:
+        for op in _recomputed(block, saving, setup.reentrant_checkpointing):
+            sums.setdefault((op.unit, op.window), [0, 0, 0])[2] += op.flops
+    return sums
+
+
+def _recomputed(block: Block, saving: list[bool], reentrant: bool) -> Iterable[MatMul]:
     """Products a checkpointed layer runs again in backward: all (reentrant), or those before the last save."""
     last_save = max((i for i, s in enumerate(saving) if s), default=-1)
     for i, op in enumerate(block.ops):
-        if isinstance(op, MatMul) and (reentrant or i < last_save):
-            yield op, op.window, op.flops
+        if type(op) is MatMul and not op.executed_only and (reentrant or i < last_save):
+            yield op

@@ -24,7 +24,7 @@ from meter.spec import ModelSpec
 Unit = Literal["token", "pair", "pass"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MatMul:
     name: str  # module path, e.g. "model.layers.0.self_attn.q_proj"
     out: str
@@ -39,7 +39,7 @@ class MatMul:
     executed_only: bool = False  # run by the implementation but not needed for the update (left out of regulatory)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pointwise:
     out: str
     inputs: tuple[str, ...]
@@ -55,6 +55,8 @@ class Block:
     name: str
     ops: tuple[Op, ...]
     layer: int | None = None  # decoder layer index: the unit transformers checkpoints
+    input: str = ""  # the tensor entering the block (decoder layers)
+    output: str = ""  # the tensor leaving it
 
 
 @dataclass(frozen=True)
@@ -294,8 +296,8 @@ def build_graph(spec: ModelSpec) -> ModelGraph:
 
     for i in range(spec.num_layers):
         b = _Builder(params, f"{root}.{layers_name}.{i}.")
-        x = layer_fn(b, spec, i, x)
-        blocks.append(Block(f"layer {i}", tuple(b.ops), layer=i))
+        x_in, x = x, layer_fn(b, spec, i, x)
+        blocks.append(Block(f"layer {i}", tuple(b.ops), layer=i, input=x_in, output=x))
 
     head = _Builder(params, "")
     x = head.norm(f"{root}.{final_norm}", x, h, bias=spec.norm_bias)
