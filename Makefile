@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/flops-meter estimate --model meta-llama/Llama-3.1-8B --sequences 20000 --seq-len 2048 --method lora --lora-r 16 --lora-targets all-linear
-	$(BIN)/flops-meter estimate --model tiny-llama --sequences 64 --seq-len 128 --method full --json
+	$(BIN)/flops-meter estimate --model meta-llama/Meta-Llama-3-8B-Instruct --tokens 2e9 --seq-len 4096 --method lora --lora-targets all-linear
+	$(BIN)/flops-meter estimate --model tiny-llama --sequences 64 --seq-len 128 --json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

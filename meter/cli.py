@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meter.errors import MeterError
@@ -189,7 +189,7 @@ def _targets(text: str | None):
 
 def plan(args) -> Plan:
     from meter.catalog import pretrain_compute, resolve_model
-    from meter.count import CostModel, TrainingSetup
+    from meter.count import CostModel, TrainingSetup, default_lora_targets
     from meter.spec import spec_from_config
     from meter.thresholds import check_flops, threshold_for
 
@@ -210,9 +210,12 @@ def plan(args) -> Plan:
         spec, selected = None, "measured"
     else:
         spec = spec_from_config(resolved.config, name=resolved.name)
+        targets = setup.lora_targets or default_lora_targets(spec.model_type)  # reports name the modules
+        if setup.uses_lora:
+            setup = replace(setup, lora_targets=targets)
         alternatives = {
             "full": TrainingSetup(**common),
-            "lora": TrainingSetup(method="lora", lora_r=args.lora_r, lora_targets=setup.lora_targets, **common),
+            "lora": TrainingSetup(method="lora", lora_r=args.lora_r, lora_targets=targets, **common),
             "freeze": TrainingSetup(method="freeze", trainable=setup.trainable or (_upper_quarter(spec),), **common),
         }
         selected = "qlora" if setup.method == "qlora" else setup.method

@@ -102,7 +102,8 @@ class TrainingSetup:
 
     def describe(self) -> str:
         if self.uses_lora:
-            targets = self.lora_targets if isinstance(self.lora_targets, str) else ",".join(self.lora_targets or ())
+            targets = self.lora_targets or ("peft's default targets",)
+            targets = targets if isinstance(targets, str) else ",".join(targets)
             s = f"{self.method} r={self.lora_r} on {targets}" + (" (DoRA)" if self.dora else "")
         elif self.method == "freeze":
             s = f"freeze, trainable ~ {'|'.join(self.trainable)}"
