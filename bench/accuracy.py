@@ -26,20 +26,9 @@ from pathlib import Path
 
 from meter.catalog import resolve_model
 from meter.count import CostModel, TrainingSetup
-from meter.reference import QV_TARGETS, TINY_CONFIGS, build_model, upper_half_regex
+from meter.reference import TINY_CONFIGS, build_model, standard_setups
 from meter.spec import spec_from_config
 from meter.tokens import TokenStats
-
-
-def methods(family: str) -> dict[str, TrainingSetup]:
-    layers = TINY_CONFIGS[family].get("num_hidden_layers", 4)
-    return {
-        "full": TrainingSetup(),
-        "lora q,v": TrainingSetup(method="lora", lora_r=8, lora_targets=QV_TARGETS[family]),
-        "lora all": TrainingSetup(method="lora", lora_r=8, lora_targets="all-linear"),
-        "freeze half": TrainingSetup(method="freeze", trainable=(upper_half_regex(family, layers),)),
-        "grad ckpt": TrainingSetup(gradient_checkpointing=True),
-    }
 
 
 def measure(family: str, label: str, setup: TrainingSetup, seq_len: int, rows: int) -> dict:
@@ -197,7 +186,7 @@ def main() -> None:
     for col in ("family", "method", "FlopCounterMode", "ours", "6ND", "HF total_flos", "AWS sample"):
         table.add_column(col, justify="left" if col in ("family", "method") else "right")
     for family in args.families.split(","):
-        for label, setup in methods(family).items():
+        for label, setup in standard_setups(family, lora_r=8).items():
             r = measure(family, label, setup, args.seq_len, args.rows)
             rows.append(r)
             table.add_row(

@@ -64,6 +64,19 @@ QV_TARGETS: dict[str, tuple[str, ...]] = {t: default_lora_targets(t) for t in TI
 LAYER_PREFIX: dict[str, str] = {"gpt2": r"transformer\.h", "falcon": r"transformer\.h", "gpt_neox": r"gpt_neox\.layers"}
 
 
+def standard_setups(family: str, lora_r: int = 4) -> dict[str, TrainingSetup]:
+    """The methods every family is checked with: full, LoRA on q/v and on all linear layers, the lower half of
+    the layers frozen, gradient checkpointing."""
+    layers = TINY_CONFIGS[family].get("num_hidden_layers", TINY_CONFIGS[family].get("n_layer", 4))
+    return {
+        "full": TrainingSetup(),
+        "lora q,v": TrainingSetup(method="lora", lora_r=lora_r, lora_targets=QV_TARGETS[family]),
+        "lora all": TrainingSetup(method="lora", lora_r=lora_r, lora_targets="all-linear"),
+        "freeze half": TrainingSetup(method="freeze", trainable=(upper_half_regex(family, layers),)),
+        "grad ckpt": TrainingSetup(gradient_checkpointing=True),
+    }
+
+
 def upper_half_regex(model_type: str, num_layers: int) -> str:
     """A `--trainable` regex selecting the upper half of the decoder layers."""
     prefix = LAYER_PREFIX.get(model_type, r"model\.layers")

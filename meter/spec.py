@@ -226,31 +226,39 @@ def _read_gated(f: _Fields, model_type: str) -> ModelSpec:
     )
 
 
-def _read_gpt2(f: _Fields, model_type: str) -> ModelSpec:
-    layers, hidden, heads, vocab = f.req("n_layer"), f.req("n_embd"), f.req("n_head"), f.req("vocab_size")
-    f.check()
+def _plain_spec(model_type: str, layers: int, hidden: int, heads: int, **fields: Any) -> ModelSpec:
+    """GPT-2, GPT-NeoX, Falcon: fused QKV, plain (2-matrix) MLP, LayerNorm with bias, full attention."""
+    defaults = dict(num_kv_heads=heads, head_dim=hidden // heads, qkv_features=3 * hidden, windows=(None,) * layers)
     return ModelSpec(
         model_type=model_type,
         layout="plain",
         num_layers=layers,
         hidden_size=hidden,
         num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=f.opt_int("n_inner", 4 * hidden),
         gated_mlp=False,
+        fused_qkv=True,
+        norm_bias=True,
+        **{**defaults, **fields},
+    )
+
+
+def _read_gpt2(f: _Fields, model_type: str) -> ModelSpec:
+    layers, hidden, heads, vocab = f.req("n_layer"), f.req("n_embd"), f.req("n_head"), f.req("vocab_size")
+    f.check()
+    return _plain_spec(
+        model_type,
+        layers,
+        hidden,
+        heads,
+        intermediate_size=f.opt_int("n_inner", 4 * hidden),
         vocab_size=vocab,
         tie_word_embeddings=bool(f.opt("tie_word_embeddings", True)),
-        windows=(None,) * layers,
-        qkv_features=3 * hidden,
-        fused_qkv=True,
         qkv_bias=True,
         o_bias=True,
         mlp_bias=True,
-        norm_bias=True,
         norms=("ln_1", "ln_2"),
         position_embeddings=f.opt_int("n_positions", 1024),
-        attention_dropout=float(f.opt("attn_pdrop", 0.1)),
+        attention_dropout=float(f.opt("attn_pdrop", 0.1)),  # GPT2Config's defaults
         residual_dropout=float(f.opt("resid_pdrop", 0.1)),
     )
 
@@ -259,27 +267,18 @@ def _read_gpt_neox(f: _Fields, model_type: str) -> ModelSpec:
     layers, hidden = f.req("num_hidden_layers"), f.req("hidden_size")
     heads, vocab, inter = f.req("num_attention_heads"), f.req("vocab_size"), f.req("intermediate_size")
     f.check()
-    head_dim = hidden // heads
     bias = bool(f.opt("attention_bias", True))
-    return ModelSpec(
-        model_type=model_type,
-        layout="plain",
-        num_layers=layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
+    return _plain_spec(
+        model_type,
+        layers,
+        hidden,
+        heads,
         intermediate_size=inter,
-        gated_mlp=False,
         vocab_size=vocab,
         tie_word_embeddings=bool(f.opt("tie_word_embeddings", False)),
-        windows=(None,) * layers,
-        qkv_features=3 * hidden,
-        fused_qkv=True,
         qkv_bias=bias,
         o_bias=bias,
         mlp_bias=True,
-        norm_bias=True,
         parallel_residual=bool(f.opt("use_parallel_residual", True)),
         attention_dropout=float(f.opt("attention_dropout", 0.0)),
         residual_dropout=float(f.opt("hidden_dropout", 0.0)),
@@ -292,11 +291,10 @@ def _read_falcon(f: _Fields, model_type: str) -> ModelSpec:
     f.check()
     head_dim = hidden // heads
     new_arch = bool(f.opt("new_decoder_architecture", False))
-    multi_query = bool(f.opt("multi_query", True))
     if new_arch:
         kv_heads = f.opt_int("num_kv_heads", heads)
         qkv = (heads + 2 * kv_heads) * head_dim
-    elif multi_query:
+    elif f.opt("multi_query", True):
         kv_heads, qkv = 1, hidden + 2 * head_dim
     else:
         kv_heads, qkv = heads, 3 * hidden
@@ -309,25 +307,19 @@ def _read_falcon(f: _Fields, model_type: str) -> ModelSpec:
     else:
         norms = ("input_layernorm",)
     bias = bool(f.opt("bias", False))
-    return ModelSpec(
-        model_type=model_type,
-        layout="plain",
-        num_layers=layers,
-        hidden_size=hidden,
-        num_heads=heads,
+    return _plain_spec(
+        model_type,
+        layers,
+        hidden,
+        heads,
         num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        qkv_features=qkv,
         intermediate_size=f.opt_int("ffn_hidden_size", 4 * hidden),
-        gated_mlp=False,
         vocab_size=vocab,
         tie_word_embeddings=bool(f.opt("tie_word_embeddings", True)),
-        windows=(None,) * layers,
-        qkv_features=qkv,
-        fused_qkv=True,
         qkv_bias=bias,
         o_bias=bias,
         mlp_bias=bias,
-        norm_bias=True,
         parallel_residual=parallel or new_arch,
         norms=norms,
         attention_dropout=float(f.opt("attention_dropout", 0.0)),

@@ -11,7 +11,15 @@ from __future__ import annotations
 import pytest
 
 from meter.count import CostModel, TrainingSetup
-from meter.reference import QV_TARGETS, TINY_CONFIGS, build_model, measure_step, padded_batch, upper_half_regex
+from meter.reference import (
+    QV_TARGETS,
+    TINY_CONFIGS,
+    build_model,
+    measure_step,
+    padded_batch,
+    standard_setups,
+    upper_half_regex,
+)
 from meter.spec import spec_from_config
 from meter.tokens import TokenStats
 
@@ -20,16 +28,6 @@ pytest.importorskip("peft")
 
 FAMILIES = sorted(TINY_CONFIGS)
 TOLERANCE = 0.005
-
-
-def setups(family: str, num_layers: int) -> dict[str, TrainingSetup]:
-    return {
-        "full": TrainingSetup(),
-        "lora-qv": TrainingSetup(method="lora", lora_r=4, lora_targets=QV_TARGETS[family]),
-        "lora-all": TrainingSetup(method="lora", lora_r=4, lora_targets="all-linear"),
-        "freeze-half": TrainingSetup(method="freeze", trainable=(upper_half_regex(family, num_layers),)),
-        "checkpointing": TrainingSetup(gradient_checkpointing=True),
-    }
 
 
 def check(family: str, setup: TrainingSetup, seq_len: int, lengths: list[int]) -> None:
@@ -48,10 +46,10 @@ def check(family: str, setup: TrainingSetup, seq_len: int, lengths: list[int]) -
 
 
 @pytest.mark.parametrize("seq_len", [128, 1024])
-@pytest.mark.parametrize("method", ["full", "lora-qv", "lora-all", "freeze-half", "checkpointing"])
+@pytest.mark.parametrize("method", ["full", "lora q,v", "lora all", "freeze half", "grad ckpt"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_executed_equals_flop_counter(family: str, method: str, seq_len: int) -> None:
-    setup = setups(family, TINY_CONFIGS[family].get("num_hidden_layers", 4))[method]
+    setup = standard_setups(family)[method]
     # three rows, two of them padded (odd lengths so nothing lines up by accident)
     check(family, setup, seq_len, [seq_len, seq_len * 3 // 4 + 1, seq_len // 2 - 3])
 
