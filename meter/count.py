@@ -63,6 +63,7 @@ class TrainingSetup:
     checkpoint_every_n_layers: int = 1
     reentrant_checkpointing: bool = False
     attn_implementation: str = "eager"
+    observed: bool = False  # read off a live model: the exact trainable names are passed to CostModel
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -71,7 +72,7 @@ class TrainingSetup:
             isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r <= 0
         ):
             raise MeterError(f"LoRA rank must be a positive integer, got {self.lora_r!r}")
-        if self.method == "freeze" and not self.trainable:
+        if self.method == "freeze" and not self.trainable and not self.observed:
             raise MeterError("method 'freeze' needs the trainable modules: give --trainable REGEX")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise MeterError(
@@ -106,7 +107,7 @@ class TrainingSetup:
             targets = targets if isinstance(targets, str) else ",".join(targets)
             s = f"{self.method} r={self.lora_r} on {targets}" + (" (DoRA)" if self.dora else "")
         elif self.method == "freeze":
-            s = f"freeze, trainable ~ {'|'.join(self.trainable)}"
+            s = "freeze, trainable as observed" if self.observed else f"freeze, trainable ~ {'|'.join(self.trainable)}"
         else:
             s = "full"
         return s + (", gradient checkpointing" if self.gradient_checkpointing else "")
@@ -176,12 +177,17 @@ class FlopsCount:
 class CostModel:
     """FLOPs rates of one (model, training setup): build once, count many batches (the count is linear)."""
 
-    def __init__(self, spec: ModelSpec, setup: TrainingSetup | None = None):
+    def __init__(self, spec: ModelSpec, setup: TrainingSetup | None = None, *, trainable: Iterable[str] | None = None):
+        """``trainable``: the exact trainable parameter names (as in the graph), when read off a live model;
+        otherwise they follow from the setup."""
         self.spec = spec
         self.setup = setup or TrainingSetup()
         self.graph = apply_lora(build_graph(spec), self.setup) if self.setup.uses_lora else build_graph(spec)
-        is_trainable = _trainable_predicate(self.graph, self.setup)
-        self.trainable = frozenset(name for name in self.graph.parameters if is_trainable(name))
+        if trainable is not None:
+            self.trainable = frozenset(trainable) & self.graph.parameters.keys()
+        else:
+            is_trainable = _trainable_predicate(self.graph, self.setup)
+            self.trainable = frozenset(name for name in self.graph.parameters if is_trainable(name))
         self.regulatory = _rates(self.graph, self.trainable, self.setup, executed=False)
         self.executed = _rates(self.graph, self.trainable, self.setup, executed=True)
 

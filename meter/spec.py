@@ -169,7 +169,7 @@ def _read_gated(f: _Fields, model_type: str) -> ModelSpec:
     moe = None
     if model_type == "mixtral":
         moe = MoESpec(
-            num_experts=f.req("num_local_experts"),
+            num_experts=f.req("num_local_experts", "num_experts"),
             top_k=f.req("num_experts_per_tok"),
             expert_intermediate_size=f.req("intermediate_size"),
             layers=tuple(range(layers)),
@@ -182,7 +182,7 @@ def _read_gated(f: _Fields, model_type: str) -> ModelSpec:
         dense = set(f.opt("mlp_only_layers", []))
         shared = f.opt("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
         moe = MoESpec(
-            num_experts=f.req("num_experts"),
+            num_experts=f.req("num_experts", "num_local_experts"),  # transformers 5 serialises the latter
             top_k=f.req("num_experts_per_tok"),
             expert_intermediate_size=f.req("moe_intermediate_size"),
             layers=tuple(i for i in range(layers) if i not in dense and (i + 1) % step == 0),
