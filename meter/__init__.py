@@ -16,9 +16,26 @@ from meter.tokens import TokenStats
 
 __version__ = "0.1.0"
 
+_LAZY = {  # these import torch/transformers: loaded on first use only
+    "FlopsMeter": "meter.runtime",
+    "FlopsMeterCallback": "meter.callback",
+    "from_recipe": "meter.recipe",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'meter' has no attribute {name!r}")
+
+
 __all__ = [
     "CostModel",
     "FlopsCount",
+    "FlopsMeter",
+    "FlopsMeterCallback",
     "MeterError",
     "MoESpec",
     "ModelSpec",
@@ -26,5 +43,6 @@ __all__ = [
     "TrainingSetup",
     "__version__",
     "count_flops",
+    "from_recipe",
     "spec_from_config",
 ]

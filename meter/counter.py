@@ -58,6 +58,11 @@ class TokenCounter:
         self._padded_sq += rows * length * length
         self._passes += 1
 
+    @property
+    def pending(self) -> bool:
+        """Batches observed on this rank since the last read."""
+        return self._passes > 0
+
     def read(self, *, distributed: bool | None = None) -> TokenStats:
         """The statistics observed since the last read, summed over all ranks; resets the accumulators."""
         import torch

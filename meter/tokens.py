@@ -181,6 +181,14 @@ class TokenStats:
         }
 
 
+def stats_from_dict(d: dict) -> TokenStats:
+    """The inverse of TokenStats.to_dict (window keys come back as integers)."""
+    fields = {
+        k: int(d[k]) for k in ("tokens", "sum_sq", "padded_tokens", "padded_sq", "sequences", "max_len", "passes")
+    }
+    return TokenStats(**fields, window_pairs={int(k): int(v) for k, v in d.get("window_pairs", {}).items()})
+
+
 def _as_rows(t) -> list[Sequence[int]]:
     rows = t.tolist() if hasattr(t, "tolist") else t
     if not rows or not isinstance(rows[0], (list, tuple)):
