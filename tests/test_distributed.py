@@ -43,4 +43,6 @@ def test_two_processes_equal_one(tmp_path) -> None:
     assert a["hardware"]["world_size"] == 2 and b["hardware"]["world_size"] == 1
     assert a["flops"]["regulatory"] == b["flops"]["regulatory"] > 0
     assert a["flops"]["executed"] == b["flops"]["executed"]
+    passes = a["tokens"].pop("passes"), b["tokens"].pop("passes")
     assert a["tokens"] == b["tokens"]
+    assert passes == (8, 4)  # forward passes: 4 steps on each of 2 ranks, 4 steps on one
