@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meter import FlopsMeterCallback  # noqa: E402
-from tests.trainer_jobs import PadCollator, run, sequences, tiny_model  # noqa: E402
+from meter import FlopsMeterCallback
+from tests.trainer_jobs import PadCollator, run, sequences, tiny_model
 
 out, record, batch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 run(
