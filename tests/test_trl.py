@@ -1,0 +1,55 @@
+"""TRL's SFTTrainer: the callback works unchanged, with padding and with padding-free packing."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config  # noqa: E402
+from meter.reference import TINY_CONFIGS  # noqa: E402
+from tests.trainer_jobs import lengths, read_record, sequences, tiny_model  # noqa: E402
+
+
+def tokenizer():
+    """A word-level tokenizer built in code (no hub): ids 0..511, pad = EOS = 2 as in the data."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(512)}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t1")), pad_token="t2", eos_token="t2"
+    )
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_sft_trainer(tmp_path, padding_free) -> None:
+    from trl import SFTConfig, SFTTrainer
+
+    rows = sequences(12)
+    dataset = datasets.Dataset.from_list(rows)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        padding_free=padding_free,
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        seed=0,
+        data_seed=0,
+    )
+    callback = FlopsMeterCallback(output_path=str(tmp_path / "m.json"))
+    trainer = SFTTrainer(
+        model=tiny_model(), args=args, train_dataset=dataset, processing_class=tokenizer(), callbacks=[callback]
+    )
+    trainer.train()
+    record = read_record(tmp_path / "m.json")
+    spec = spec_from_config(TINY_CONFIGS["llama"])
+    want = CostModel(spec, TrainingSetup()).count(TokenStats.from_lengths(lengths(rows))).regulatory_flops
+    assert record["tokens"]["tokens"] == sum(lengths(rows))
+    assert record["flops"]["regulatory"] == want
