@@ -202,6 +202,13 @@ class FlopsMeter:
             return threshold_for(self.pretrain_flops, original_systemic_risk=self.original_systemic_risk), None
         published = pretrain_compute(name)
         original = published.flops if published is not None else None
+        if published is None:
+            # a local path (as on SageMaker) is not a model id: say so, the fallback may be above the true third
+            self.notes.append(
+                f"the original model '{name}' is not in the published-compute table: the fallback threshold applies. "
+                "If its training compute is known, give it (pretrain_flops or PRETRAIN_FLOPS): one third of a known "
+                "compute can be lower than the fallback (Llama-2-7B: 2.8e22 < 3.3e22)"
+            )
         return threshold_for(original, original_systemic_risk=self.original_systemic_risk), published
 
     @property
@@ -624,10 +631,13 @@ def _targets_summary(targets) -> Any:
 
 
 def _precision_of(model: Any) -> str:
-    try:
-        dtype = str(next(p for p in model.parameters() if p.requires_grad).dtype)
-    except StopIteration:
-        return "fp32"
+    """The precision most of the weights compute in (LoRA adapters are often fp32 on bf16 weights)."""
+    sizes: dict[str, int] = {}
+    for p in model.parameters():
+        sizes[str(p.dtype)] = sizes.get(str(p.dtype), 0) + p.numel()
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    compute = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    dtype = str(compute) if compute is not None else max(sizes, key=sizes.get, default="torch.float32")
     return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(dtype, "fp32")
 
 
