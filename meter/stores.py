@@ -1,0 +1,365 @@
+"""Audit stores behind one interface, chosen by URI. Append-only, content-addressed, chained per lineage.
+
+``file://DIR``                  records as files ``DIR/records/<sha256>.json`` plus an SQLite ledger — the
+                                embedded default for one machine.
+``s3://BUCKET/PREFIX?table=T``  records in S3 with Object Lock COMPLIANCE retention and SHA-256 checksums, written
+                                with ``IfNoneMatch="*"``; a DynamoDB ledger (key: lineage, sequence) written with
+                                conditional transactions. Options: ``region=``, ``retention_days=`` (default 3650).
+
+Publishing a run a second time is a no-op when its content is identical (an idempotent retry) and an error when
+it differs. Concurrent publishers of one lineage race for the next sequence number; the loser rebuilds its
+record on the new head and retries, so the chain stays consistent. boto3 is imported only by the S3 store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
+
+from meter.audit import LedgerEntry, VerifyReport, canonical_json, content_hash, seal, verify_chain
+from meter.errors import MeterError
+
+DEFAULT_STORE = "file://./audit"
+_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class Published:
+    record: dict[str, Any]
+    uri: str
+    created: bool  # False: an identical record was already there
+
+
+class AuditStore(Protocol):
+    uri: str
+
+    def publish(self, draft: dict[str, Any]) -> Published: ...
+    def lineage_flops(self, lineage: str) -> int: ...
+    def entries(self, lineage: str | None = None) -> list[LedgerEntry]: ...
+    def get(self, sha: str) -> dict[str, Any]: ...
+    def verify(self, lineage: str | None = None) -> VerifyReport: ...
+
+
+def open_store(uri: str | None = None) -> AuditStore:
+    """file://DIR (or a plain directory path) or s3://BUCKET/PREFIX?table=NAME."""
+    uri = uri or os.environ.get("FLOPS_METER_STORE") or DEFAULT_STORE
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = (parsed.netloc + parsed.path) if parsed.scheme == "file" else uri
+        return FileStore(Path(path or "."))
+    if parsed.scheme == "s3":
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        if not parsed.netloc or "table" not in query:
+            raise MeterError(f"audit store {uri!r}: use s3://BUCKET/PREFIX?table=LEDGER_TABLE")
+        days = query.get("retention_days", "3650")
+        if not days.isdigit() or int(days) <= 0:
+            raise MeterError(f"audit store {uri!r}: retention_days must be a positive integer")
+        return S3Store(parsed.netloc, parsed.path.strip("/"), query["table"], query.get("region"), int(days))
+    raise MeterError(f"audit store {uri!r}: use file://DIR or s3://BUCKET/PREFIX?table=NAME")
+
+
+def _verify_all(store: AuditStore, lineage: str | None, fetch) -> VerifyReport:
+    entries = store.entries(lineage)
+    if lineage is not None and not entries:
+        return VerifyReport(False, 0, lineage, "no record of this lineage in the store")
+    checked = 0
+    for name in sorted({e.lineage for e in entries}):
+        report = verify_chain([e for e in entries if e.lineage == name], fetch)
+        if not report.ok:
+            return VerifyReport(False, checked + report.checked, report.broken, report.reason)
+        checked += report.checked
+    return VerifyReport(True, checked)
+
+
+def _duplicate(existing: dict[str, Any], draft: dict[str, Any], uri: str) -> Published:
+    if content_hash(existing) != content_hash(draft):
+        raise MeterError(
+            f"record {draft['record_id']} is already published with different content ({existing['record_sha256']}):"
+            " records are append-only; publish the corrected run under a new run id"
+        )
+    return Published(existing, uri, created=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FileStore:
+    """Record files plus an SQLite ledger; SQLite's write lock serialises publishers on one machine."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.uri = f"file://{self.root}"
+        self.records = self.root / "records"
+        try:
+            self.records.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MeterError(f"audit store {self.uri}: cannot create {self.records}: {e.strerror}") from None
+        with self._db() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS ledger (lineage TEXT NOT NULL, sequence INTEGER NOT NULL, "
+                "record_sha256 TEXT NOT NULL UNIQUE, previous_record_sha256 TEXT, record_id TEXT NOT NULL UNIQUE, "
+                "regulatory_flops TEXT NOT NULL, published_at TEXT NOT NULL, PRIMARY KEY (lineage, sequence))"
+            )
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "ledger.sqlite", timeout=30, isolation_level=None)
+        return db
+
+    def path(self, sha: str) -> Path:
+        return self.records / f"{sha}.json"
+
+    def publish(self, draft: dict[str, Any]) -> Published:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")  # one publisher at a time: the head cannot move under us
+            row = db.execute("SELECT record_sha256 FROM ledger WHERE record_id = ?", (draft["record_id"],)).fetchone()
+            if row:
+                db.execute("ROLLBACK")
+                return _duplicate(self.get(row[0]), draft, f"{self.uri}/records/{row[0]}.json")
+            lineage = draft["lineage"]["id"]
+            head = db.execute(
+                "SELECT sequence, record_sha256 FROM ledger WHERE lineage = ? ORDER BY sequence DESC LIMIT 1",
+                (lineage,),
+            ).fetchone()
+            record = seal(draft, sequence=(head[0] + 1) if head else 1, previous=head[1] if head else None)
+            sha = record["record_sha256"]
+            self._write_once(self.path(sha), canonical_json(record))
+            db.execute(
+                "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (lineage, record["sequence"], sha, record["previous_record_sha256"], record["record_id"],
+                 str(record["run"]["flops"]["regulatory"]), record["published_at"]),
+            )  # fmt: skip
+            db.execute("COMMIT")
+            return Published(record, f"{self.uri}/records/{sha}.json", created=True)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    @staticmethod
+    def _write_once(path: Path, data: bytes) -> None:
+        try:
+            with open(path, "xb") as f:  # exclusive create: never overwrite
+                f.write(data)
+            os.chmod(path, 0o444)
+        except FileExistsError:
+            if path.read_bytes() != data:
+                raise MeterError(f"{path} exists with different content: the store has been altered") from None
+
+    def lineage_flops(self, lineage: str) -> int:
+        with self._db() as db:
+            rows = db.execute("SELECT regulatory_flops FROM ledger WHERE lineage = ?", (lineage,)).fetchall()
+        return sum(int(r[0]) for r in rows)
+
+    def entries(self, lineage: str | None = None) -> list[LedgerEntry]:
+        query = (
+            "SELECT lineage, sequence, record_sha256, previous_record_sha256, record_id, regulatory_flops FROM ledger"
+        )
+        with self._db() as db:
+            rows = db.execute(
+                query + (" WHERE lineage = ?" if lineage else ""), (lineage,) if lineage else ()
+            ).fetchall()
+        return [LedgerEntry(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in rows]
+
+    def get(self, sha: str) -> dict[str, Any]:
+        path = self.path(sha)
+        if not path.is_file():
+            raise MeterError(f"no record {sha} in {self.uri}")
+        return json.loads(path.read_bytes())
+
+    def verify(self, lineage: str | None = None) -> VerifyReport:
+        def fetch(entry: LedgerEntry) -> bytes | None:
+            path = self.path(entry.record_sha256)
+            return path.read_bytes() if path.is_file() else None
+
+        return _verify_all(self, lineage, fetch)
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class S3Store:
+    """S3 Object Lock (COMPLIANCE) for the records, DynamoDB for the ledger. Needs boto3."""
+
+    def __init__(self, bucket: str, prefix: str, table: str, region: str | None, retention_days: int):
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise MeterError("the S3 audit store needs boto3: pip install 'flops-meter[pipeline]'") from None
+        self.bucket, self.prefix, self.table, self.retention_days = bucket, prefix, table, retention_days
+        self.uri = f"s3://{bucket}/{prefix}?table={table}"
+        config = Config(retries={"max_attempts": 5, "mode": "standard"})
+        session = boto3.session.Session(region_name=region)
+        self.s3 = session.client("s3", config=config)
+        self.ddb = session.client("dynamodb", config=config)
+
+    def key(self, sha: str) -> str:
+        return f"{self.prefix}/records/{sha}.json" if self.prefix else f"records/{sha}.json"
+
+    def _call(self, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError:
+            raise
+        except BotoCoreError as e:
+            raise MeterError(f"audit store {self.uri} unreachable: {e}") from None
+
+    def publish(self, draft: dict[str, Any]) -> Published:
+        from botocore.exceptions import ClientError
+
+        existing = self._by_record_id(draft["record_id"])
+        if existing is not None:
+            return _duplicate(self.get(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
+        lineage = draft["lineage"]["id"]
+        for attempt in range(_RETRIES):
+            head = self._head(lineage)
+            record = seal(draft, sequence=head[0] + 1, previous=head[1])
+            sha = record["record_sha256"]
+            self._put_object(sha, canonical_json(record))
+            try:
+                self._call(self.ddb.transact_write_items, TransactItems=self._ledger_items(record))
+                return Published(record, f"s3://{self.bucket}/{self.key(sha)}", created=True)
+            except ClientError as e:
+                if e.response["Error"]["Code"] not in (
+                    "TransactionCanceledException",
+                    "ConditionalCheckFailedException",
+                ):
+                    raise MeterError(f"audit ledger {self.table}: {e.response['Error']['Message']}") from None
+                existing = self._by_record_id(draft["record_id"])
+                if existing is not None:  # a concurrent retry of the same run won
+                    return _duplicate(self.get(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
+                time.sleep(0.05 * (attempt + 1))  # another run took this sequence number: rebuild on the new head
+        raise MeterError(f"audit ledger {self.table}: could not append to lineage {lineage} after {_RETRIES} tries")
+
+    def _ledger_items(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        lineage, seq, sha = record["lineage"]["id"], record["sequence"], record["record_sha256"]
+        entry = {
+            "lineage": {"S": lineage},
+            "sequence": {"N": str(seq)},
+            "record_sha256": {"S": sha},
+            "record_id": {"S": record["record_id"]},
+            "regulatory_flops": {"N": str(int(record["run"]["flops"]["regulatory"]))},  # integer strings only
+            "published_at": {"S": record["published_at"]},
+            "key": {"S": self.key(sha)},
+        }
+        if record["previous_record_sha256"]:
+            entry["previous_record_sha256"] = {"S": record["previous_record_sha256"]}
+        claim = {"lineage": {"S": f"record#{record['record_id']}"}, "sequence": {"N": "0"}, "record_sha256": {"S": sha}}
+        condition = "attribute_not_exists(lineage)"
+        return [
+            {"Put": {"TableName": self.table, "Item": entry, "ConditionExpression": condition}},
+            {"Put": {"TableName": self.table, "Item": claim, "ConditionExpression": condition}},
+        ]
+
+    def _put_object(self, sha: str, body: bytes) -> None:
+        from botocore.exceptions import ClientError
+
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention_days)
+        try:
+            self._call(
+                self.s3.put_object,
+                Bucket=self.bucket,
+                Key=self.key(sha),
+                Body=body,
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                IfNoneMatch="*",
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=until,
+            )
+        except ClientError as e:
+            code = e.response["Error"]["Code"]
+            if code in ("PreconditionFailed", "412"):  # already there: content-addressed, so it must be equal
+                if self._get_bytes(self.key(sha)) != body:
+                    raise MeterError(f"s3://{self.bucket}/{self.key(sha)} exists with different content") from None
+                return
+            raise MeterError(f"audit bucket {self.bucket}: {code}: {e.response['Error'].get('Message', '')}") from None
+
+    def _head(self, lineage: str) -> tuple[int, str | None]:
+        out = self._call(
+            self.ddb.query,
+            TableName=self.table,
+            KeyConditionExpression="lineage = :l",
+            ExpressionAttributeValues={":l": {"S": lineage}},
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+        )
+        items = out.get("Items", [])
+        return (int(items[0]["sequence"]["N"]), items[0]["record_sha256"]["S"]) if items else (0, None)
+
+    def _by_record_id(self, record_id: str) -> str | None:
+        out = self._call(
+            self.ddb.get_item,
+            TableName=self.table,
+            Key={"lineage": {"S": f"record#{record_id}"}, "sequence": {"N": "0"}},
+            ConsistentRead=True,
+        )
+        item = out.get("Item")
+        return item["record_sha256"]["S"] if item else None
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._call(self.s3.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def _query_all(self, **kwargs) -> list[dict[str, Any]]:
+        items, start = [], None
+        while True:
+            page = self._call(self.ddb.query if "KeyConditionExpression" in kwargs else self.ddb.scan,
+                              **kwargs, **({"ExclusiveStartKey": start} if start else {}))  # fmt: skip
+            items += page.get("Items", [])
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return items
+
+    def entries(self, lineage: str | None = None) -> list[LedgerEntry]:
+        if lineage is not None:
+            items = self._query_all(
+                TableName=self.table,
+                KeyConditionExpression="lineage = :l",
+                ExpressionAttributeValues={":l": {"S": lineage}},
+                ConsistentRead=True,
+            )
+        else:
+            items = [i for i in self._query_all(TableName=self.table, ConsistentRead=True) if i["sequence"]["N"] != "0"]
+        return [
+            LedgerEntry(
+                i["lineage"]["S"],
+                int(i["sequence"]["N"]),
+                i["record_sha256"]["S"],
+                i.get("previous_record_sha256", {}).get("S"),
+                i["record_id"]["S"],
+                int(i["regulatory_flops"]["N"]),
+            )
+            for i in items
+        ]
+
+    def lineage_flops(self, lineage: str) -> int:
+        return sum(e.regulatory_flops for e in self.entries(lineage))
+
+    def get(self, sha: str) -> dict[str, Any]:
+        data = self._get_bytes(self.key(sha))
+        if data is None:
+            raise MeterError(f"no record {sha} in {self.uri}")
+        return json.loads(data)
+
+    def verify(self, lineage: str | None = None) -> VerifyReport:
+        return _verify_all(self, lineage, lambda e: self._get_bytes(self.key(e.record_sha256)))
