@@ -3,8 +3,11 @@
 ``flops-meter estimate``  plan a fine-tuning run: exact FLOPs from the model config and the data size, compared
                           across methods and against the one-third threshold.
 ``flops-meter models``    the bundled model configs and the published pretraining compute.
+``flops-meter classify``  hold a run record against the one-third rule, with the lineage's earlier runs.
+``flops-meter audit``     publish / verify / show tamper-evident records (file://DIR or s3://BUCKET/PREFIX?table=T).
 
-Exit status: 0 success, 2 bad input (one line on stderr, no traceback).
+Exit status: 0 success, 1 a crossed threshold (classify --fail-on-cross) or a broken chain (audit verify),
+2 bad input (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -89,7 +92,56 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("models", help="list the bundled model configs and published pretraining compute")
+
+    cls = sub.add_parser(
+        "classify",
+        help="hold a run's count against the one-third rule (with the lineage's earlier runs)",
+        description="Classify a run record (flops_meter.json): downstream modifier, approaching, or GPAI provider.",
+    )
+    cls.add_argument("run", help="the run record written by the meter (flops_meter.json)")
+    _original_args(cls)
+    cls.add_argument("--approaching", type=float, default=0.8, help="fraction of the threshold that is 'approaching'")
+    cls.add_argument("--out", default="compliance.json", help="where to write the verdict (default compliance.json)")
+    cls.add_argument("--fail-on-cross", action="store_true", help="exit 1 when the threshold is crossed")
+    cls.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+    audit = sub.add_parser("audit", help="publish, verify and show tamper-evident audit records")
+    asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    pub = asub.add_parser("publish", help="append a run and its verdict to the audit store")
+    pub.add_argument("run", help="flops_meter.json")
+    pub.add_argument("--compliance", help="compliance.json from classify (default: classify now)")
+    _original_args(pub)
+    pub.add_argument("--revision", help="revision of the base model (commit or tag)")
+    pub.add_argument("--parent", action="append", default=[], metavar="SHA256", help="records this one builds on")
+    pub.add_argument("--dataset-uri", help="where the fine-tuning data lives")
+    pub.add_argument("--dataset-file", help="a local copy of the data: its size and SHA-256 are recorded")
+    pub.add_argument("--dataset-etag", help="the S3 ETag of the data")
+    pub.add_argument("--git-commit", help="commit of the training code")
+    pub.add_argument("--container-image", help="the training container image")
+    pub.add_argument("--json", action="store_true")
+    ver = asub.add_parser("verify", help="recompute every hash and chain link; name the first broken record")
+    ver.add_argument("--store", help=f"audit store URI (default $FLOPS_METER_STORE or {_default_store()})")
+    ver.add_argument("--lineage", help="verify one lineage only")
+    show = asub.add_parser("show", help="show one record")
+    show.add_argument("record", help="the record's SHA-256 (or a unique prefix)")
+    show.add_argument("--store", help="audit store URI")
+    show.add_argument("--json", action="store_true")
     return parser
+
+
+def _default_store() -> str:
+    from meter.stores import DEFAULT_STORE
+
+    return DEFAULT_STORE
+
+
+def _original_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--pretrain-flops", help="the original model's training compute in FLOP (user-given)")
+    group.add_argument("--base-model", help="the original model's Hugging Face id (looked up in the bundled table)")
+    p.add_argument("--original-systemic-risk", action="store_true", help="the original has systemic risk")
+    p.add_argument("--store", help=f"audit store URI for the lineage's earlier runs (default {_default_store()})")
+    p.add_argument("--lineage", help="the released model whose jobs add up (default: the base model id)")
 
 
 def _version() -> str:
@@ -361,6 +413,185 @@ def list_models() -> None:
     _console().print(table)
 
 
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise MeterError(f"{what} not found: {p}")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise MeterError(f"{what} {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(doc, dict):
+        raise MeterError(f"{what} {p} must hold a JSON object")
+    return doc
+
+
+def _original(args, run: dict[str, Any]):
+    """The original compute with its basis: user-given, the bundled table, or unknown."""
+    from meter.catalog import pretrain_compute
+    from meter.compliance import OriginalCompute
+    from meter.thresholds import check_flops
+
+    base = args.base_model or (run.get("model") or {}).get("name") or "unknown"
+    sr = True if args.original_systemic_risk else None
+    if args.pretrain_flops is not None:
+        flops = check_flops(args.pretrain_flops, "--pretrain-flops")
+        return base, OriginalCompute(flops, "user", "given with --pretrain-flops", sr)
+    published = pretrain_compute(base)
+    if published is None or published.flops is None:
+        why = published.source if published is not None else "not in the bundled table"
+        return base, OriginalCompute(None, "unknown", f"{base}: {why}", sr)
+    detail = f"{published.model_id}: {published.basis}; {published.source}; {published.date}"
+    return base, OriginalCompute(
+        published.flops, "table", detail + (f" ({published.note})" if published.note else ""), sr
+    )
+
+
+def _verdict(args, run: dict[str, Any], store=None):
+    from meter.compliance import classify
+
+    base, original = _original(args, run)
+    lineage = args.lineage or base
+    prior = 0
+    if store is not None:
+        prior = sum(e.regulatory_flops for e in store.entries(lineage) if e.record_id != run.get("run_id"))
+    flops = run.get("flops") or {}
+    regulatory = flops.get("regulatory")
+    if isinstance(regulatory, bool) or not isinstance(regulatory, int):
+        raise MeterError("run record has no integer flops.regulatory: is it a flops_meter.json?")
+    forecast = (run.get("forecast") or {}).get("final_regulatory_flops") if run.get("status") == "running" else None
+    verdict = classify(
+        regulatory,
+        original,
+        prior_lineage_flops=prior,
+        forecast_flops=forecast,
+        flops_per_token=flops.get("per_token"),
+        approaching_fraction=getattr(args, "approaching", 0.8),
+    )
+    return base, lineage, verdict
+
+
+def cmd_classify(args) -> int:
+    from meter.stores import open_store
+
+    run = _read_json(args.run, "run record")
+    store = open_store(args.store) if (args.store or args.lineage) else None
+    base, lineage, verdict = _verdict(args, run, store)
+    doc = {**verdict.to_dict(), "lineage": lineage, "base_model": base, "run_id": run.get("run_id")}
+    from pathlib import Path
+
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_verdict(verdict, lineage, args.out)
+    return 1 if (args.fail_on_cross and verdict.crossed) else 0
+
+
+def _print_verdict(v, lineage: str, out: str) -> None:
+    from meter.thresholds import NOT_LEGAL_ADVICE
+
+    console = _console()
+    color = {"downstream_modifier": "green", "approaching": "yellow"}.get(v.status, "bold red")
+    console.print(f"[{color}]{v.status}[/{color}]  lineage {lineage}")
+    console.print(
+        f"  this run {v.figures['this_run']}, lineage total {v.figures['cumulative']}, threshold "
+        f"{v.figures['threshold']} ({v.threshold_rule}; {v.ratio:.2%} of it)"
+    )
+    console.print(f"  original compute: {v.original.source or v.original.basis}")
+    console.print(f"  rule: {v.threshold_citation}")
+    for note in v.notes:
+        console.print(f"  note: {note}")
+    if v.notification_required:
+        console.print(f"  [bold]Notify the Commission by {v.notification_deadline} (Art. 52(1)).[/bold]")
+    for duty in v.duties:
+        console.print(f"  duty: {duty}")
+    console.print(f"  wrote {out}. [dim]{NOT_LEGAL_ADVICE}[/dim]")
+
+
+def cmd_audit(args) -> int:
+    from meter.stores import open_store
+
+    store = open_store(args.store)
+    if args.audit_command == "verify":
+        report = store.verify(args.lineage)
+        print(report.line())
+        return 0 if report.ok else 1
+    if args.audit_command == "show":
+        sha = _resolve_sha(store, args.record)
+        record = store.get(sha)
+        if args.json:
+            print(json.dumps(record, indent=2))
+        else:
+            v = record["verdict"]
+            lineage = record["lineage"]["id"]
+            print(f"record {sha}  lineage {lineage} #{record['sequence']}  published {record['published_at']}")
+            print(f"  run {record['record_id']}: {record['run']['flops']['regulatory']:.2e} FLOP regulatory")
+            total, limit = v["cumulative_flops"], v["threshold_flops"]
+            print(f"  verdict {v['status']}: cumulative {total:.2e} vs threshold {limit:.2e}")
+            print(f"  previous {record['previous_record_sha256']}")
+        return 0
+    return _publish(args, store)
+
+
+def _resolve_sha(store, prefix: str) -> str:
+    matches = sorted({e.record_sha256 for e in store.entries() if e.record_sha256.startswith(prefix.lower())})
+    if len(matches) != 1:
+        raise MeterError(f"record {prefix!r} {'is ambiguous' if matches else 'not found'} in {store.uri}")
+    return matches[0]
+
+
+def _publish(args, store) -> int:
+    from meter.audit import draft_record
+
+    run = _read_json(args.run, "run record")
+    if args.compliance:
+        verdict = _read_json(args.compliance, "compliance file")
+        base = args.base_model or verdict.get("base_model") or (run.get("model") or {}).get("name")
+        lineage = args.lineage or verdict.get("lineage") or base
+        if verdict.get("run_id") not in (None, run.get("run_id")):
+            raise MeterError(f"{args.compliance} is the verdict of run {verdict['run_id']}, not of {run.get('run_id')}")
+        verdict = {k: v for k, v in verdict.items() if k not in ("lineage", "base_model", "run_id")}
+    else:
+        base, lineage, v = _verdict(args, run, store)
+        verdict = v.to_dict()
+    dataset = {"uri": args.dataset_uri, "etag": args.dataset_etag}
+    if args.dataset_file:
+        dataset.update(_file_identity(args.dataset_file))
+    code = {"git_commit": args.git_commit, "container_image": args.container_image}
+    draft = draft_record(
+        run, verdict, lineage_id=lineage, base_model=base, base_revision=args.revision,
+        parent_records=args.parent, dataset=dataset, code=code,
+    )  # fmt: skip
+    published = store.publish(draft)
+    record = published.record
+    if args.json:
+        print(
+            json.dumps({"uri": published.uri, "record_sha256": record["record_sha256"], "created": published.created})
+        )
+    else:
+        state = "published" if published.created else "already published (identical): nothing written"
+        print(f"{state}: {published.uri}")
+        print(f"  lineage {lineage} #{record['sequence']}, verdict {record['verdict']['status']}")
+    return 0
+
+
+def _file_identity(path: str) -> dict[str, Any]:
+    import hashlib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise MeterError(f"dataset file not found: {p}")
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size_bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -373,6 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_plan(p)
         elif args.command == "models":
             list_models()
+        elif args.command == "classify":
+            return cmd_classify(args)
+        elif args.command == "audit":
+            return cmd_audit(args)
     except MeterError as e:
         print(f"flops-meter: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,111 @@
+"""`flops-meter classify` and `flops-meter audit publish|verify|show` on the embedded file store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from meter.cli import main
+from tests.test_audit import run_record
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def runs(tmp_path):
+    paths = []
+    for i, flops in enumerate((10**23, 10**23, 10**23)):  # three jobs on Llama-3-8B: 7.2e23 / 3 = 2.4e23
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps({**run_record(flops, f"run-{i}"), "model": {"name": "meta-llama/Meta-Llama-3-8B"}}))
+        paths.append(path)
+    return paths
+
+
+def test_lineage_adds_up_across_jobs(capsys, tmp_path, runs) -> None:
+    store = f"file://{tmp_path / 'audit'}"
+    statuses = []
+    for path in runs:
+        out = tmp_path / f"{path.stem}.compliance.json"
+        code, _, _ = cli(
+            capsys,
+            "classify",
+            str(path),
+            "--store",
+            store,
+            "--lineage",
+            "acme/bot",
+            "--out",
+            str(out),
+            "--fail-on-cross",
+        )
+        verdict = json.loads(out.read_text())
+        statuses.append((code, verdict["status"], verdict["cumulative_flops"]))
+        assert verdict["threshold_rule"] == "one_third_of_known" and verdict["original"]["basis"] == "table"
+        code, _, _ = cli(capsys, "audit", "publish", str(path), "--compliance", str(out), "--store", store)
+        assert code == 0
+    assert (
+        statuses
+        == [
+            (0, "approaching", 10**23),  # 42 % of 2.4e23? no: 1e23 is 42 %, below 80 % -> see below
+            (0, "approaching", 2 * 10**23),
+            (1, "gpai_provider", 3 * 10**23),  # SFT, DPO, then one more: the third job crosses
+        ]
+        or statuses[0][1] == "downstream_modifier"
+    )
+    assert (
+        statuses[0][1] == "downstream_modifier"
+        and statuses[1][1] == "approaching"
+        and statuses[2][:2] == (1, "gpai_provider")
+    )
+    code, out, _ = cli(capsys, "audit", "verify", "--store", store)
+    assert code == 0 and "3 record(s)" in out
+
+
+def test_verify_names_the_altered_record(capsys, tmp_path, runs) -> None:
+    store = f"file://{tmp_path / 'audit'}"
+    for path in runs:
+        assert cli(capsys, "audit", "publish", str(path), "--store", store, "--lineage", "L", "--json")[0] == 0
+    published = sorted((tmp_path / "audit" / "records").iterdir())
+    victim = published[1]
+    os.chmod(victim, 0o644)
+    data = bytearray(victim.read_bytes())
+    data[-2] = ord(" ") if data[-2] != ord(" ") else ord("\t")
+    victim.write_bytes(bytes(data))
+    code, out, _ = cli(capsys, "audit", "verify", "--store", store)
+    assert code == 1 and victim.stem[:12] in out and "BROKEN" in out
+    code, out, _ = cli(capsys, "audit", "show", published[0].stem[:10], "--store", store)
+    assert code == 0 and "lineage L" in out
+
+
+def test_publish_refuses_a_different_record_for_the_same_run(capsys, tmp_path, runs) -> None:
+    store = f"file://{tmp_path / 'audit'}"
+    assert cli(capsys, "audit", "publish", str(runs[0]), "--store", store)[0] == 0
+    changed = json.loads(runs[0].read_text())
+    changed["flops"]["regulatory"] += 1
+    runs[0].write_text(json.dumps(changed))
+    code, _, err = cli(capsys, "audit", "publish", str(runs[0]), "--store", store)
+    assert code == 2 and "append-only" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["classify", "missing.json"], "run record not found"),
+        (["classify", "{run}", "--pretrain-flops", "nan"], "--pretrain-flops must be a finite"),
+        (["audit", "verify", "--store", "ftp://nowhere"], "use file://DIR"),
+        (["audit", "show", "abc", "--store", "file://{tmp}/empty"], "not found"),
+    ],
+)
+def test_errors_are_one_line(capsys, tmp_path, runs, argv, message) -> None:
+    argv = [a.replace("{run}", str(runs[0])).replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
