@@ -52,20 +52,12 @@ def test_lineage_adds_up_across_jobs(capsys, tmp_path, runs) -> None:
         assert verdict["threshold_rule"] == "one_third_of_known" and verdict["original"]["basis"] == "table"
         code, _, _ = cli(capsys, "audit", "publish", str(path), "--compliance", str(out), "--store", store)
         assert code == 0
-    assert (
-        statuses
-        == [
-            (0, "approaching", 10**23),  # 42 % of 2.4e23? no: 1e23 is 42 %, below 80 % -> see below
-            (0, "approaching", 2 * 10**23),
-            (1, "gpai_provider", 3 * 10**23),  # SFT, DPO, then one more: the third job crosses
-        ]
-        or statuses[0][1] == "downstream_modifier"
-    )
-    assert (
-        statuses[0][1] == "downstream_modifier"
-        and statuses[1][1] == "approaching"
-        and statuses[2][:2] == (1, "gpai_provider")
-    )
+    # SFT, then DPO, then one more job on the same released model: 42 %, 83 %, then more than one third
+    assert statuses == [
+        (0, "downstream_modifier", 10**23),
+        (0, "approaching", 2 * 10**23),
+        (1, "gpai_provider", 3 * 10**23),
+    ]
     code, out, _ = cli(capsys, "audit", "verify", "--store", store)
     assert code == 0 and "3 record(s)" in out
 
