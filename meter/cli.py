@@ -5,6 +5,7 @@
 ``flops-meter models``    the bundled model configs and the published pretraining compute.
 ``flops-meter classify``  hold a run record against the one-third rule, with the lineage's earlier runs.
 ``flops-meter audit``     publish / verify / show tamper-evident records (file://DIR or s3://BUCKET/PREFIX?table=T).
+``flops-meter report``    a Markdown or HTML report of one record, with a plot of compute against the threshold.
 
 Exit status: 0 success, 1 a crossed threshold (classify --fail-on-cross) or a broken chain (audit verify),
 2 bad input (one line on stderr, no traceback).
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     ver = asub.add_parser("verify", help="recompute every hash and chain link; name the first broken record")
     ver.add_argument("--store", help=f"audit store URI (default $FLOPS_METER_STORE or {_default_store()})")
     ver.add_argument("--lineage", help="verify one lineage only")
+    rep = sub.add_parser("report", help="a human-readable report of one audit record, with a plot")
+    rep.add_argument("record", help="an audit record: its SHA-256 (or a unique prefix) in --store, or a JSON file")
+    rep.add_argument("--store", help="audit store URI")
+    rep.add_argument("--format", choices=("md", "html"), default="html")
+    rep.add_argument("--out", help="output file (default report.<format>)")
     show = asub.add_parser("show", help="show one record")
     show.add_argument("record", help="the record's SHA-256 (or a unique prefix)")
     show.add_argument("--store", help="audit store URI")
@@ -536,6 +542,25 @@ def cmd_audit(args) -> int:
     return _publish(args, store)
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from meter.report import write_report
+
+    if Path(args.record).is_file():
+        record = _read_json(args.record, "audit record")
+        if record.get("record_type") != "flops_meter.audit":
+            raise MeterError(f"{args.record} is not an audit record: publish the run first (flops-meter audit publish)")
+    else:
+        from meter.stores import open_store
+
+        store = open_store(args.store)
+        record = store.get(_resolve_sha(store, args.record))
+    written = write_report(record, Path(args.out or f"report.{args.format}"), args.format)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _resolve_sha(store, prefix: str) -> str:
     matches = sorted({e.record_sha256 for e in store.entries() if e.record_sha256.startswith(prefix.lower())})
     if len(matches) != 1:
@@ -608,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_classify(args)
         elif args.command == "audit":
             return cmd_audit(args)
+        elif args.command == "report":
+            return cmd_report(args)
     except MeterError as e:
         print(f"flops-meter: error: {e}", file=sys.stderr)
         return 2

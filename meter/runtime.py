@@ -605,11 +605,20 @@ class FlopsMeter:
         }
 
     def _write_json(self, path: Path, doc: dict[str, Any]) -> None:
-        """Atomic write (temp file + rename): a reader never sees half a record. Failures are logged, not raised."""
+        """Atomic write (temp file + rename): a reader never sees half a record. Failures are logged, not raised.
+
+        Only a regular file is replaced: a device or pipe given as the path (/dev/null, /dev/stdout) is written to,
+        never renamed over.
+        """
+        text = json.dumps(doc, indent=2, default=str)
         try:
+            if path.exists() and not path.is_file():
+                with open(path, "w") as f:
+                    f.write(text)
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=2, default=str))
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError as e:
             self._note_once(f"could not write {path}: {e}")

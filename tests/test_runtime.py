@@ -203,3 +203,27 @@ def test_observe_without_hook(tmp_path) -> None:
     meter.observe(PadCollator()(rows))
     meter.step()
     assert meter.stop()["flops"]["regulatory"] == expected(rows)
+
+
+def test_a_device_or_pipe_as_output_is_written_to_not_replaced(tmp_path) -> None:
+    """Atomic rename must never replace a special file (as /dev/null would be): a FIFO stands in for it here."""
+    import json
+    import os
+    import stat
+    import threading
+
+    from tests.trainer_jobs import PadCollator
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    rows = sequences(4)
+    meter = FlopsMeter(tiny_model(), output_path=fifo, hook=False, nvml=False).start()
+    meter.observe(PadCollator()(rows))
+    meter.step()
+    meter.stop()
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a pipe
+    assert json.loads(received[0])["flops"]["regulatory"] == expected(rows)
