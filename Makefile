@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,11 +18,17 @@ demo: $(STAMP)
 	$(BIN)/flops-meter estimate --model meta-llama/Meta-Llama-3-8B-Instruct --tokens 2e9 --seq-len 4096 --method lora --lora-targets all-linear
 	$(BIN)/flops-meter estimate --model tiny-llama --sequences 64 --seq-len 128 --json
 
+# Headless Chromium renders the HTML report in the tests; installed from Debian's packages where we are root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium not installed: the report rendering test will be skipped"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

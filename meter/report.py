@@ -87,10 +87,18 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("Tokens", f"{(run.get('tokens') or {}).get('tokens', 0):,}"),
         ("Energy", energy_text),
         ("Hardware", f"{hardware.get('device', '')} × {hardware.get('world_size', 1)}"),
-        ("Training time", f"{(run.get('time') or {}).get('wall_seconds', 0) / 3600:.2f} h"),
+        ("Training time", _duration((run.get("time") or {}).get("wall_seconds", 0))),
         ("Record SHA-256", record["record_sha256"]),
         ("Previous record", record.get("previous_record_sha256") or "none (first of its lineage)"),
     ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.2f} s"
 
 
 def render_markdown(record: dict[str, Any], png_name: str) -> str:
