@@ -45,6 +45,13 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def target_names(targets: tuple[str, ...] | str | None) -> list[str] | str | None:
+    """LoRA targets for reports: a regex or 'all-linear' as given, module paths by their distinct names."""
+    if targets is None or isinstance(targets, str):
+        return targets
+    return sorted({t.rsplit(".", 1)[-1] for t in targets})
+
+
 def default_lora_targets(model_type: str) -> tuple[str, ...]:
     return DEFAULT_LORA_TARGETS.get(model_type, ("q_proj", "v_proj"))
 
@@ -103,7 +110,7 @@ class TrainingSetup:
 
     def describe(self) -> str:
         if self.uses_lora:
-            targets = self.lora_targets or ("peft's default targets",)
+            targets = target_names(self.lora_targets) or ["peft's default targets"]
             targets = targets if isinstance(targets, str) else ",".join(targets)
             s = f"{self.method} r={self.lora_r} on {targets}" + (" (DoRA)" if self.dora else "")
         elif self.method == "freeze":

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.count import CostModel, FlopsCount, TrainingSetup
+from meter.count import CostModel, FlopsCount, TrainingSetup, target_names
 from meter.counter import TokenCounter
 from meter.errors import MeterError
 from meter.spec import spec_from_config
@@ -555,7 +555,7 @@ class FlopsMeter:
                 "setup": self.setup.describe(),
                 "method": self.setup.method,
                 "lora_r": self.setup.lora_r if self.setup.uses_lora else None,
-                "lora_targets": _targets_summary(self.setup.lora_targets) if self.setup.uses_lora else None,
+                "lora_targets": target_names(self.setup.lora_targets) if self.setup.uses_lora else None,
                 "gradient_checkpointing": self.setup.gradient_checkpointing,
                 "attn_implementation": self.setup.attn_implementation,
             },
@@ -630,13 +630,6 @@ class FlopsMeter:
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _targets_summary(targets) -> Any:
-    """LoRA targets read off a model are full module paths: report the distinct module names."""
-    if targets is None or isinstance(targets, str):
-        return targets
-    return sorted({t.rsplit(".", 1)[-1] for t in targets})
 
 
 def _precision_of(model: Any) -> str:
