@@ -434,47 +434,14 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
     return doc
 
 
-def _original(args, run: dict[str, Any]):
-    """The original compute with its basis: user-given, the bundled table, or unknown."""
-    from meter.catalog import pretrain_compute
-    from meter.compliance import OriginalCompute
-    from meter.thresholds import check_flops
+def _verdict(args, run: dict[str, Any], store=None):
+    from meter.governance import original_compute, run_verdict
 
     base = args.base_model or (run.get("model") or {}).get("name") or "unknown"
-    sr = True if args.original_systemic_risk else None
-    if args.pretrain_flops is not None:
-        flops = check_flops(args.pretrain_flops, "--pretrain-flops")
-        return base, OriginalCompute(flops, "user", "given with --pretrain-flops", sr)
-    published = pretrain_compute(base)
-    if published is None or published.flops is None:
-        why = published.source if published is not None else "not in the bundled table"
-        return base, OriginalCompute(None, "unknown", f"{base}: {why}", sr)
-    detail = f"{published.model_id}: {published.basis}; {published.source}; {published.date}"
-    return base, OriginalCompute(
-        published.flops, "table", detail + (f" ({published.note})" if published.note else ""), sr
-    )
-
-
-def _verdict(args, run: dict[str, Any], store=None):
-    from meter.compliance import classify
-
-    base, original = _original(args, run)
+    original = original_compute(base, args.pretrain_flops, args.original_systemic_risk, label="--pretrain-flops")
     lineage = args.lineage or base
-    prior = 0
-    if store is not None:
-        prior = sum(e.regulatory_flops for e in store.entries(lineage) if e.record_id != run.get("run_id"))
-    flops = run.get("flops") or {}
-    regulatory = flops.get("regulatory")
-    if isinstance(regulatory, bool) or not isinstance(regulatory, int):
-        raise MeterError("run record has no integer flops.regulatory: is it a flops_meter.json?")
-    forecast = (run.get("forecast") or {}).get("final_regulatory_flops") if run.get("status") == "running" else None
-    verdict = classify(
-        regulatory,
-        original,
-        prior_lineage_flops=prior,
-        forecast_flops=forecast,
-        flops_per_token=flops.get("per_token"),
-        approaching_fraction=getattr(args, "approaching", 0.8),
+    verdict = run_verdict(
+        run, original, lineage=lineage, store=store, approaching_fraction=getattr(args, "approaching", 0.8)
     )
     return base, lineage, verdict
 
@@ -483,9 +450,11 @@ def cmd_classify(args) -> int:
     from meter.stores import open_store
 
     run = _read_json(args.run, "run record")
+    from meter.governance import compliance_document
+
     store = open_store(args.store) if (args.store or args.lineage) else None
     base, lineage, verdict = _verdict(args, run, store)
-    doc = {**verdict.to_dict(), "lineage": lineage, "base_model": base, "run_id": run.get("run_id")}
+    doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     from pathlib import Path
 
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
@@ -569,28 +538,23 @@ def _resolve_sha(store, prefix: str) -> str:
 
 
 def _publish(args, store) -> int:
-    from meter.audit import draft_record
+
+    from meter.governance import compliance_document, file_identity, publish
 
     run = _read_json(args.run, "run record")
     if args.compliance:
-        verdict = _read_json(args.compliance, "compliance file")
-        base = args.base_model or verdict.get("base_model") or (run.get("model") or {}).get("name")
-        lineage = args.lineage or verdict.get("lineage") or base
-        if verdict.get("run_id") not in (None, run.get("run_id")):
-            raise MeterError(f"{args.compliance} is the verdict of run {verdict['run_id']}, not of {run.get('run_id')}")
-        verdict = {k: v for k, v in verdict.items() if k not in ("lineage", "base_model", "run_id")}
+        compliance = _read_json(args.compliance, "compliance file")
+        for key, value in (("base_model", args.base_model), ("lineage", args.lineage)):
+            if value:
+                compliance[key] = value
     else:
         base, lineage, v = _verdict(args, run, store)
-        verdict = v.to_dict()
+        compliance = compliance_document(v, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     dataset = {"uri": args.dataset_uri, "etag": args.dataset_etag}
     if args.dataset_file:
-        dataset.update(_file_identity(args.dataset_file))
+        dataset.update(file_identity(args.dataset_file))
     code = {"git_commit": args.git_commit, "container_image": args.container_image}
-    draft = draft_record(
-        run, verdict, lineage_id=lineage, base_model=base, base_revision=args.revision,
-        parent_records=args.parent, dataset=dataset, code=code,
-    )  # fmt: skip
-    published = store.publish(draft)
+    published = publish(store, run, compliance, revision=args.revision, parents=args.parent, dataset=dataset, code=code)
     record = published.record
     if args.json:
         print(
@@ -599,22 +563,8 @@ def _publish(args, store) -> int:
     else:
         state = "published" if published.created else "already published (identical): nothing written"
         print(f"{state}: {published.uri}")
-        print(f"  lineage {lineage} #{record['sequence']}, verdict {record['verdict']['status']}")
+        print(f"  lineage {record['lineage']['id']} #{record['sequence']}, verdict {record['verdict']['status']}")
     return 0
-
-
-def _file_identity(path: str) -> dict[str, Any]:
-    import hashlib
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise MeterError(f"dataset file not found: {p}")
-    digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size_bytes": p.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
