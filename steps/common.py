@@ -1,0 +1,121 @@
+"""What every step entrypoint shares: SageMaker's /opt/ml layout, arguments, and how errors end a step.
+
+The root is ``/opt/ml`` in a SageMaker container and ``$OPT_ML`` anywhere else, so the very same entrypoint runs
+on one machine (the local runner, the tests) with its inputs and outputs under a directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meter.errors import MeterError
+
+
+def opt_ml() -> Path:
+    return Path(os.environ.get("OPT_ML", "/opt/ml"))
+
+
+def processing_input(name: str) -> Path:
+    return opt_ml() / "processing" / "input" / name
+
+
+def processing_output(name: str) -> Path:
+    path = opt_ml() / "processing" / "output" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def training_channel(name: str) -> Path:
+    return Path(os.environ.get(f"SM_CHANNEL_{name.upper()}") or opt_ml() / "input" / "data" / name)
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("SM_MODEL_DIR") or opt_ml() / "model")
+
+
+def output_data_dir() -> Path:
+    return Path(os.environ.get("SM_OUTPUT_DATA_DIR") or opt_ml() / "output" / "data")
+
+
+def checkpoint_dir() -> Path:
+    return opt_ml() / "checkpoints"
+
+
+def hyperparameters() -> dict[str, Any]:
+    """SageMaker passes hyperparameters as strings in SM_HPS (JSON) and in input/config/hyperparameters.json."""
+    raw = os.environ.get("SM_HPS")
+    path = opt_ml() / "input" / "config" / "hyperparameters.json"
+    if raw:
+        return json.loads(raw)
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {}
+
+
+def flag(value: Any) -> bool:
+    """A boolean pipeline parameter, which arrives as a string."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise MeterError(f"expected true or false, got {value!r}")
+
+
+def one_file(directory: Path, patterns: tuple[str, ...], what: str) -> Path:
+    """The single input file of a kind in a step's input directory (or the path itself when it is a file)."""
+    if directory.is_file():
+        return directory
+    found = sorted(p for pattern in patterns for p in directory.glob(pattern)) if directory.is_dir() else []
+    if not found:
+        raise MeterError(f"no {what} in {directory}: expected {' or '.join(patterns)}")
+    return found[0]
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def run_step(main: Callable[[], int | None]) -> None:
+    """Run an entrypoint: bad input ends the step with one line and exit status 2, written also to SageMaker's
+    failure file (the reason shown in the console); anything else is a bug and keeps its traceback."""
+    try:
+        code = main() or 0
+    except MeterError as e:
+        message = f"{Path(sys.argv[0]).stem}: error: {e}"
+        print(message, file=sys.stderr)
+        try:
+            failure = opt_ml() / "output" / "failure"
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            failure.write_text(message + "\n")
+        except OSError:
+            pass
+        code = 2
+    sys.exit(code)
+
+
+def read_run_record(directory: Path) -> dict[str, Any]:
+    """The meter's run record from a step input: flops_meter.json, or inside model.tar.gz / output.tar.gz."""
+    import tarfile
+
+    if directory.is_dir():
+        direct = sorted(directory.rglob("flops_meter.json"))
+        if direct:
+            return json.loads(direct[0].read_text())
+        for archive in sorted(directory.rglob("*.tar.gz")):
+            with tarfile.open(archive) as tar:
+                member = next((m for m in tar.getmembers() if Path(m.name).name == "flops_meter.json"), None)
+                if member is not None:
+                    return json.loads(tar.extractfile(member).read())
+    elif directory.is_file():
+        return json.loads(directory.read_text())
+    raise MeterError(f"no run record in {directory}: expected flops_meter.json or a model.tar.gz holding it")

@@ -1,0 +1,111 @@
+"""EstimateFLOPs — the plan before any GPU is paid for: planned compute, the threshold, the pre-flight gate.
+
+Inputs (processing): ``recipe/`` (recipe YAML), ``dataset/`` (JSON Lines), optionally ``model/`` (config.json and
+tokenizer). Output: ``estimate/estimate.json`` — a PropertyFile with ``planned_regulatory_flops``,
+``threshold_flops``, ``crosses`` and ``gate_passed`` (false when the plan crosses and crossing is not allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+from meter.catalog import resolve_model
+from meter.compliance import classify
+from meter.count import CostModel
+from meter.governance import original_compute
+from meter.recipe import load_recipe
+from meter.spec import spec_from_config
+from meter.tokens import TokenStats
+from steps.common import flag, one_file, processing_input, processing_output, run_step, write_json
+from steps.data import sequences, tokenizer_for
+from steps.settings import Recipe
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="estimate_flops", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base-model-id", default="")
+    p.add_argument("--training-method", default="")
+    p.add_argument("--pretrain-flops", default="", help="empty: look up the bundled table, else unknown")
+    p.add_argument("--original-systemic-risk", default="false")
+    p.add_argument("--approaching-fraction", type=float, default=0.8)
+    p.add_argument("--allow-planned-crossing", default="false")
+    p.add_argument("--world-size", type=int, default=1, help="training processes (instances × GPUs)")
+    p.add_argument("--lineage", default="", help="count the plan with this lineage's recorded compute")
+    p.add_argument("--store-uri", default="", help="audit store holding the lineage's earlier runs")
+    return p.parse_args(argv)
+
+
+def model_config(recipe: Recipe) -> tuple[dict, str]:
+    local = processing_input("model") / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text()), recipe.base_model_id
+    resolved = resolve_model(recipe.base_model_id)
+    return resolved.config, resolved.name
+
+
+def main() -> int:
+    args = parse()
+    recipe = Recipe.from_dict(
+        load_recipe(one_file(processing_input("recipe"), ("*.yaml", "*.yml"), "recipe")),
+        base_model_id=args.base_model_id,
+        method=args.training_method,
+    )
+    config, name = model_config(recipe)
+    spec = spec_from_config(config, name=name)
+    model_dir = processing_input("model")
+    tokenizer = tokenizer_for(
+        recipe.base_model_id, model_dir if (model_dir / "tokenizer_config.json").is_file() else None
+    )
+    lengths = [len(s) for s in sequences(processing_input("dataset"), tokenizer, recipe.max_length)]
+    if recipe.max_steps > 0:  # the run stops after max_steps optimizer steps of the global batch
+        n = recipe.max_steps * recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * args.world_size
+        planned = list(itertools.islice(itertools.cycle(lengths), n))
+    else:
+        planned = lengths * recipe.num_train_epochs
+    cost = CostModel(spec, recipe.setup())
+    count = cost.count(TokenStats.from_lengths(planned, windows=cost.windows))
+
+    prior = 0
+    if args.store_uri and args.lineage:
+        from meter.stores import open_store
+
+        prior = open_store(args.store_uri).lineage_flops(args.lineage)
+    original = original_compute(recipe.base_model_id, args.pretrain_flops, flag(args.original_systemic_risk))
+    verdict = classify(
+        count.regulatory_flops,
+        original,
+        prior_lineage_flops=prior,
+        flops_per_token=count.flops_per_token,
+        approaching_fraction=args.approaching_fraction,
+    )
+    allow = flag(args.allow_planned_crossing)
+    doc = {
+        "model": name,
+        "method": recipe.setup().describe(),
+        "planned_tokens": count.tokens,
+        "planned_sequences": len(planned),
+        "planned_regulatory_flops": count.regulatory_flops,
+        "planned_executed_flops": count.executed_flops,
+        "flops_per_token": count.flops_per_token,
+        "prior_lineage_flops": prior,
+        "threshold_flops": verdict.threshold_flops,
+        "threshold_rule": verdict.threshold_rule,
+        "planned_status": verdict.status,
+        "crosses": verdict.crossed,
+        "allow_planned_crossing": allow,
+        "gate_passed": (not verdict.crossed) or allow,
+        "verdict": verdict.to_dict(),
+    }
+    path = write_json(processing_output("estimate") / "estimate.json", doc)
+    print(
+        f"estimate_flops: plan {verdict.figures['this_run']} ({count.tokens:,} tokens), lineage "
+        f"{verdict.figures['cumulative']}, threshold {verdict.figures['threshold']} ({verdict.threshold_rule}): "
+        f"{verdict.status}; gate {'passed' if doc['gate_passed'] else 'CLOSED'}; wrote {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_step(main)

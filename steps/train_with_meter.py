@@ -1,0 +1,145 @@
+"""TrainWithMeter — fine-tunes a Hugging Face causal LM from a recipe, always with the FLOPs meter on.
+
+Channels: ``train`` (JSON Lines), ``recipe`` (recipe YAML), optionally ``model`` (weights, config, tokenizer).
+Hyperparameters (strings, as SageMaker passes them) override the recipe: ``base_model_id``, ``training_method``,
+``pretrain_flops``, ``save_steps``. Checkpoints go to /opt/ml/checkpoints (synced to S3 by SageMaker, so a spot
+job resumes from the last one). The model goes to /opt/ml/model; the run record to /opt/ml/output/data and, copied,
+into the model directory, where the next steps find it. Under torchrun every rank runs this script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from meter.errors import MeterError
+from meter.recipe import load_recipe
+from steps.common import (
+    checkpoint_dir,
+    hyperparameters,
+    model_dir,
+    one_file,
+    output_data_dir,
+    run_step,
+    training_channel,
+)
+from steps.data import DEMO_MODELS, PAD, sequences, tokenizer_for
+from steps.settings import Recipe
+
+
+class PadCollator:
+    def __call__(self, rows):
+        import torch
+
+        length = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), length), PAD)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def build_model(recipe: Recipe):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    local = training_channel("model")
+    if recipe.base_model_id in DEMO_MODELS and not (local / "config.json").is_file():
+        from meter.catalog import resolve_model
+
+        config = {k: v for k, v in resolve_model(recipe.base_model_id).config.items() if not k.startswith("_")}
+        torch.manual_seed(0)
+        model_type = config.pop("model_type")
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(model_type, **config), attn_implementation=recipe.attn_implementation
+        )
+        model.config._name_or_path = recipe.base_model_id
+    else:
+        source = str(local) if (local / "config.json").is_file() else recipe.base_model_id
+        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=recipe.attn_implementation)
+        model.config._name_or_path = recipe.base_model_id  # the id, not a container path: the table is keyed by it
+    if recipe.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        targets = recipe.lora_targets if isinstance(recipe.lora_targets, str) else list(recipe.lora_targets)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                target_modules=targets, task_type="CAUSAL_LM",
+            ),
+        )  # fmt: skip
+    elif recipe.method == "freeze":
+        raise MeterError("recipe method 'freeze' is not supported by the bundled training script: use full or lora")
+    return model
+
+
+def main() -> int:
+    import torch
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from meter.callback import FlopsMeterCallback
+
+    hps = hyperparameters()
+    doc = load_recipe(hps.get("recipe") or one_file(training_channel("recipe"), ("*.yaml", "*.yml"), "recipe"))
+    if doc.get("compute_flops") is False:
+        print("train_with_meter: the recipe says compute_flops: false; TrainWithMeter meters every run regardless")
+    recipe = Recipe.from_dict(
+        {k: v for k, v in doc.items() if k != "compute_flops"},
+        base_model_id=hps.get("base_model_id"),
+        method=hps.get("training_method"),
+    )
+    model = build_model(recipe)
+    tokenizer_source = (
+        training_channel("model") if (training_channel("model") / "tokenizer_config.json").is_file() else None
+    )
+    rows = [
+        {"input_ids": s}
+        for s in sequences(
+            training_channel("train"), tokenizer_for(recipe.base_model_id, tokenizer_source), recipe.max_length
+        )
+    ]
+
+    meter_options = dict(recipe.flops_meter)
+    pretrain = hps.get("pretrain_flops") or os.environ.get("PRETRAIN_FLOPS")
+    if pretrain not in (None, ""):
+        meter_options["pretrain_flops"] = pretrain
+    callback = FlopsMeterCallback(output_path=str(output_data_dir() / "flops_meter.json"), **meter_options)
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir()),
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        learning_rate=recipe.learning_rate,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        logging_steps=int(meter_options.get("log_every", 10)),
+        save_strategy="steps",
+        save_steps=int(hps.get("save_steps", 500)),
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(), callbacks=[callback])
+    last = get_last_checkpoint(str(checkpoint_dir())) if checkpoint_dir().is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    out = model_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))
+    record = output_data_dir() / "flops_meter.json"
+    if trainer.is_world_process_zero() and record.is_file():
+        shutil.copy(record, out / "flops_meter.json")
+        summary = json.loads(record.read_text())
+        print(f"train_with_meter: {summary['flops']['regulatory_2sf']} regulatory; record in {record} and {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_step(main)
