@@ -420,18 +420,9 @@ def list_models() -> None:
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
-    from pathlib import Path
+    from meter.jsonfile import read_json_object
 
-    p = Path(path)
-    if not p.is_file():
-        raise MeterError(f"{what} not found: {p}")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise MeterError(f"{what} {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    if not isinstance(doc, dict):
-        raise MeterError(f"{what} {p} must hold a JSON object")
-    return doc
+    return read_json_object(path, what)
 
 
 def _verdict(args, run: dict[str, Any], store=None):

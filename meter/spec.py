@@ -6,7 +6,6 @@ The spec is read from the config (a ``PretrainedConfig``, a ``config.json`` path
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,18 +87,11 @@ def load_config(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
     if isinstance(config, (str, Path)):
+        from meter.jsonfile import read_json_object
+
         path = Path(config)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise MeterError(f"config file not found: {path} (give a config.json path or a model directory)")
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise MeterError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        if not isinstance(loaded, dict):
-            raise MeterError(f"config file {path} must hold a JSON object")
-        return loaded
+        path = path / "config.json" if path.is_dir() else path
+        return read_json_object(path, "config file", "give a config.json path or a model directory")
     to_dict = getattr(config, "to_dict", None)
     if callable(to_dict):
         return to_dict()

@@ -70,3 +70,22 @@ def sequences(directory: Path, tokenizer, max_length: int) -> list[list[int]]:
     if not out:
         raise MeterError(f"the training data in {directory} holds no sequence")
     return out
+
+
+class PadCollator:
+    """Right-pads a batch of ``input_ids`` rows with the EOS id (as for Llama: pad = EOS); ``attention_mask`` marks
+    the real tokens and ``labels`` ignore the padding. ``pad_to``: a fixed row length instead of the longest row."""
+
+    def __init__(self, pad_to: int | None = None):
+        self.pad_to = pad_to
+
+    def __call__(self, rows):
+        import torch
+
+        length = self.pad_to or max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), length), PAD)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}

@@ -24,21 +24,8 @@ from steps.common import (
     run_step,
     training_channel,
 )
-from steps.data import DEMO_MODELS, PAD, sequences, tokenizer_for
+from steps.data import DEMO_MODELS, PadCollator, sequences, tokenizer_for
 from steps.settings import Recipe
-
-
-class PadCollator:
-    def __call__(self, rows):
-        import torch
-
-        length = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), length), PAD)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 def build_model(recipe: Recipe):

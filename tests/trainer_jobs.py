@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from meter.reference import TINY_CONFIGS
+from steps.data import EOS, PAD, PadCollator  # pad = EOS = 2, as for Llama
 
-PAD = EOS = 2  # as for Llama: the pad token is the end-of-sequence token
+__all__ = ["EOS", "PAD", "PadCollator"]
 
 
 def tiny_model(family: str = "llama", seed: int = 0):
@@ -34,24 +35,6 @@ def sequences(n: int, low: int = 5, high: int = 40, seed: int = 0, eos: bool = T
 
 def lengths(rows: list[dict[str, list[int]]]) -> list[int]:
     return [len(r["input_ids"]) for r in rows]
-
-
-class PadCollator:
-    """Right-pads with the EOS id; attention_mask marks real tokens; labels ignore padding."""
-
-    def __init__(self, pad_to: int | None = None):
-        self.pad_to = pad_to
-
-    def __call__(self, rows):
-        import torch
-
-        length = self.pad_to or max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), length), PAD)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 def training_args(out: Path, **overrides: Any):
