@@ -281,10 +281,8 @@ def plan(args) -> Plan:
         models = {label: (s, CostModel(spec, s)) for label, s in alternatives.items()}
     windows = set().union(*(getattr(m, "windows", set()) for _, m in models.values()))
     stats = _stats(args, windows)
-    counts = {}
-    for label, (s, m) in models.items():
-        total = spec.parameter_count() if spec is not None else m.parameters
-        counts[label] = (s, m.count(stats), (total, m.trainable_parameters()))
+    total = spec.parameter_count() if spec is not None else next(iter(models.values()))[1].parameters
+    counts = {label: (s, m.count(stats), (total, m.trainable_parameters())) for label, (s, m) in models.items()}
 
     pretrain = None
     if args.pretrain_flops is not None:
