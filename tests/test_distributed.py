@@ -22,6 +22,8 @@ def _run(args: list[str], tmp_path: Path) -> None:
 
 
 def test_two_processes_equal_one(tmp_path) -> None:
+    from tests.conftest import _free_port
+
     two, one = tmp_path / "two.json", tmp_path / "one.json"
     _run(
         [
@@ -30,7 +32,7 @@ def test_two_processes_equal_one(tmp_path) -> None:
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29533",
+            str(_free_port()),
             str(JOB),
             str(tmp_path / "o2"),
             str(two),
