@@ -85,29 +85,18 @@ def measure_real(model_id: str, seq_len: int, label: str) -> dict:
     """A full-size model built on the meta device (no memory): FlopCounterMode counts shapes, not values."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from meter.graph import layer_prefix
+    from meter.measure import model_from_config
+    from meter.reference import upper_half_regex
 
-    config = {k: v for k, v in resolve_model(model_id).config.items() if not k.startswith("_")}
+    config = resolve_model(model_id).config
     spec = spec_from_config(config)
-    half = spec.num_layers // 2
     setup = {
         "full": TrainingSetup(attn_implementation="eager"),
-        "freeze half": TrainingSetup(
-            attn_implementation="eager",
-            method="freeze",
-            trainable=(
-                layer_prefix(spec).replace(".", r"\.")
-                + r"\.("
-                + "|".join(map(str, range(half, spec.num_layers)))
-                + r")\.",
-            ),
-        ),
+        "freeze half": TrainingSetup(attn_implementation="eager", method="freeze", trainable=(upper_half_regex(spec),)),
     }[label]
     with torch.device("meta"):
-        hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
-        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+        model = model_from_config(config, attn_implementation="eager")
     if setup.method == "freeze":
         import re
 

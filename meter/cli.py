@@ -296,11 +296,9 @@ def plan(args) -> Plan:
 
 def _upper_quarter(spec) -> str:
     """The illustrative freeze plan when none is given: the top quarter of the layers trainable."""
-    from meter.graph import layer_prefix
+    from meter.graph import layers_regex
 
-    first = spec.num_layers - max(1, spec.num_layers // 4)
-    layers = "|".join(str(i) for i in range(first, spec.num_layers))
-    return re.escape(layer_prefix(spec)) + rf"\.({layers})\."
+    return layers_regex(spec, range(spec.num_layers - max(1, spec.num_layers // 4), spec.num_layers))
 
 
 def _console():

@@ -16,6 +16,7 @@ a LoRA target list selects exactly what it selects on the real model (the tests 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -277,6 +278,13 @@ def layer_prefix(spec: ModelSpec) -> str:
     """Where decoder layer i's parameters live: ``f"{layer_prefix(spec)}.{i}."``, e.g. 'model.layers'."""
     root, layers_name, _, _ = _top_names(spec)
     return f"{root}.{layers_name}"
+
+
+def layers_regex(spec: ModelSpec, layers: Iterable[int]) -> str:
+    """A trainable-parameter regex selecting whole decoder layers, e.g. ``model\\.layers\\.(2|3)\\.``."""
+    import re
+
+    return re.escape(layer_prefix(spec)) + r"\.(" + "|".join(str(i) for i in layers) + r")\."
 
 
 def build_graph(spec: ModelSpec) -> ModelGraph:

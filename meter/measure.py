@@ -50,23 +50,34 @@ class MeasuredCostModel:
         return self.parameters
 
 
-def _measure(config: dict[str, Any]) -> tuple[list[tuple[int, tuple[int, int]]], int]:
+def model_from_config(config: dict[str, Any], **from_config: Any):
+    """A random-initialised transformers causal LM from a config dict (keys starting with '_' are metadata).
+
+    Builds on the current default device: wrap the call in ``torch.device("meta")`` for a model without memory.
+    """
     try:
-        import torch
-        from torch.utils.flop_counter import FlopCounterMode
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
-        raise MeterError(
-            "the FlopCounterMode fallback needs torch and transformers: pip install transformers"
-        ) from None
+        raise MeterError("building a model from its config needs transformers: pip install 'flops-meter[hf]'") from None
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     model_type = cfg.pop("model_type", None)
     try:
         hf_config = AutoConfig.for_model(model_type, **cfg)
     except ValueError as e:
         raise MeterError(f"transformers does not know model_type '{model_type}' either: {e}") from None
+    return AutoModelForCausalLM.from_config(hf_config, **from_config)
+
+
+def _measure(config: dict[str, Any]) -> tuple[list[tuple[int, tuple[int, int]]], int]:
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        raise MeterError(
+            "the FlopCounterMode fallback needs torch and transformers: pip install 'flops-meter[hf]'"
+        ) from None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+        model = model_from_config(config, attn_implementation="eager")
     model.train()
     results = []
     for s in _LENGTHS:

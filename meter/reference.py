@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from meter.count import TrainingSetup, default_lora_targets
+from meter.graph import layers_regex
+from meter.spec import ModelSpec, spec_from_config
 
 _COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=160)
 
@@ -61,26 +63,24 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 # "LoRA on q and v" per family: separate q_proj/v_proj where they exist, else the fused projection.
 QV_TARGETS: dict[str, tuple[str, ...]] = {t: default_lora_targets(t) for t in TINY_CONFIGS}
 
-LAYER_PREFIX: dict[str, str] = {"gpt2": r"transformer\.h", "falcon": r"transformer\.h", "gpt_neox": r"gpt_neox\.layers"}
-
 
 def standard_setups(family: str, lora_r: int = 4) -> dict[str, TrainingSetup]:
     """The methods every family is checked with: full, LoRA on q/v and on all linear layers, the lower half of
     the layers frozen, gradient checkpointing."""
-    layers = TINY_CONFIGS[family].get("num_hidden_layers", TINY_CONFIGS[family].get("n_layer", 4))
     return {
         "full": TrainingSetup(),
         "lora q,v": TrainingSetup(method="lora", lora_r=lora_r, lora_targets=QV_TARGETS[family]),
         "lora all": TrainingSetup(method="lora", lora_r=lora_r, lora_targets="all-linear"),
-        "freeze half": TrainingSetup(method="freeze", trainable=(upper_half_regex(family, layers),)),
+        "freeze half": TrainingSetup(
+            method="freeze", trainable=(upper_half_regex(spec_from_config(TINY_CONFIGS[family])),)
+        ),
         "grad ckpt": TrainingSetup(gradient_checkpointing=True),
     }
 
 
-def upper_half_regex(model_type: str, num_layers: int) -> str:
+def upper_half_regex(spec: ModelSpec) -> str:
     """A `--trainable` regex selecting the upper half of the decoder layers."""
-    prefix = LAYER_PREFIX.get(model_type, r"model\.layers")
-    return prefix + r"\.(" + "|".join(str(i) for i in range(num_layers // 2, num_layers)) + r")\."
+    return layers_regex(spec, range(spec.num_layers // 2, spec.num_layers))
 
 
 def build_model(config: dict[str, Any], setup: TrainingSetup, seed: int = 0):
@@ -88,19 +88,13 @@ def build_model(config: dict[str, Any], setup: TrainingSetup, seed: int = 0):
     import re
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from meter.measure import model_from_config
 
     torch.manual_seed(seed)
-    cfg = dict(config)
-    model_type = cfg.pop("model_type")
-    hf_config = AutoConfig.for_model(model_type, **cfg)
-    model = (
-        AutoModelForCausalLM.from_config(
-            hf_config, attn_implementation=setup.attn_implementation, experts_implementation="eager"
-        )
-        if _has_experts(model_type)
-        else AutoModelForCausalLM.from_config(hf_config, attn_implementation=setup.attn_implementation)
-    )
+    model_type = config["model_type"]
+    experts = {"experts_implementation": "eager"} if _has_experts(model_type) else {}
+    model = model_from_config(config, attn_implementation=setup.attn_implementation, **experts)
     if setup.uses_lora:
         from peft import LoraConfig, get_peft_model
 

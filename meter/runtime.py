@@ -218,10 +218,10 @@ class FlopsMeter:
     @property
     def budget(self) -> float | None:
         """The compute at which the guard stops training: budget_flops, or stop_at_fraction × threshold."""
-        limits = [b for b in (self.budget_flops,) if b is not None]
+        limits = [] if self.budget_flops is None else [self.budget_flops]
         if self.stop_at_fraction is not None and self.threshold is not None:
             limits.append(float(self.stop_at_fraction) * self.threshold.flops)
-        return min(limits) if limits else None
+        return min(limits, default=None)
 
     # -- counting --------------------------------------------------------------------------------------------------
 

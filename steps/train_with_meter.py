@@ -30,17 +30,16 @@ from steps.settings import Recipe
 
 def build_model(recipe: Recipe):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     local = training_channel("model")
     if recipe.base_model_id in DEMO_MODELS and not (local / "config.json").is_file():
         from meter.catalog import resolve_model
+        from meter.measure import model_from_config
 
-        config = {k: v for k, v in resolve_model(recipe.base_model_id).config.items() if not k.startswith("_")}
         torch.manual_seed(0)
-        model_type = config.pop("model_type")
-        model = AutoModelForCausalLM.from_config(
-            AutoConfig.for_model(model_type, **config), attn_implementation=recipe.attn_implementation
+        model = model_from_config(
+            resolve_model(recipe.base_model_id).config, attn_implementation=recipe.attn_implementation
         )
         model.config._name_or_path = recipe.base_model_id
     else:

@@ -71,7 +71,7 @@ def test_more_setups_equal_flop_counter(family: str, case: str) -> None:
     if kwargs.get("method") == "lora":
         kwargs["lora_targets"] = QV_TARGETS[family]
     if kwargs.get("method") == "freeze":
-        kwargs["trainable"] = (upper_half_regex(family, TINY_CONFIGS[family].get("num_hidden_layers", 4)),)
+        kwargs["trainable"] = (upper_half_regex(spec_from_config(TINY_CONFIGS[family])),)
     check(family, TrainingSetup(**kwargs), 128, [128, 97, 61])
 
 

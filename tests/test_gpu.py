@@ -12,16 +12,16 @@ def test_qlora_is_counted_by_logical_shape(tmp_path) -> None:
     """4-bit packed weights report half their numel; the count must not shrink."""
     pytest.importorskip("bitsandbytes")
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config
+    from meter.measure import model_from_config
     from meter.reference import TINY_CONFIGS
     from tests.trainer_jobs import lengths, read_record, run, sequences
 
-    cfg = dict(TINY_CONFIGS["llama"], hidden_size=128, intermediate_size=256)
-    model_type = cfg.pop("model_type")
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), attn_implementation="eager")
+    cfg = dict(TINY_CONFIGS["llama"], hidden_size=128, intermediate_size=256)
+    base = model_from_config(cfg, attn_implementation="eager")
     base.save_pretrained(tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, device_map={"": 0})
     model = get_peft_model(prepare_model_for_kbit_training(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))

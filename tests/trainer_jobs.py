@@ -15,12 +15,11 @@ __all__ = ["EOS", "PAD", "PadCollator"]
 
 def tiny_model(family: str = "llama", seed: int = 0):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(TINY_CONFIGS[family])
-    model_type = cfg.pop("model_type")
+    from meter.measure import model_from_config
+
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg), attn_implementation="eager")
+    return model_from_config(TINY_CONFIGS[family], attn_implementation="eager")
 
 
 def sequences(n: int, low: int = 5, high: int = 40, seed: int = 0, eos: bool = True) -> list[dict[str, list[int]]]:
