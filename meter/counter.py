@@ -26,7 +26,7 @@ class TokenCounter:
 
     def __init__(self, windows: Iterable[int] = ()):
         self.windows = tuple(sorted(set(windows)))
-        self._acc = None  # device int64: [tokens, Σ(2p+1), sequences, *window pairs]
+        self._acc = None  # device int64: [tokens, Σ(p+1), sequences, *window pairs]
         self._padded_tokens = 0
         self._padded_sq = 0
         self._passes = 0
@@ -36,19 +36,21 @@ class TokenCounter:
         """Add one micro-batch: a mapping with input_ids (or inputs_embeds) and attention_mask/position_ids/labels."""
         import torch
 
-        positions, valid, rows, length = _positions(batch)
-        if positions is None:
+        q, rows, length = _ranks(batch)
+        if q is None:
             return
+        # About ten small kernels per micro-batch and no sync: on a launch-bound GPU step each one is host time.
+        # Σ(2p+1) = 2·Σq − tokens and the window pairs are Σ min(q, w), with q = p + 1 on real tokens, 0 elsewhere.
         with torch.no_grad():
             weights = torch.stack(
                 [
-                    valid.sum(),
-                    ((2 * positions + 1) * valid).sum(),
-                    ((positions == 0) & valid).sum(),
-                    *[((positions + 1).clamp(max=w) * valid).sum() for w in self.windows],
+                    torch.count_nonzero(q),
+                    q.sum(),
+                    (q == 1).sum(),
+                    *[q.clamp(max=w).sum() for w in self.windows],
                 ]
-            ).to(torch.int64)
-            longest = ((positions + 1) * valid).amax()
+            )
+            longest = q.amax()
             if self._acc is None:
                 self._acc, self._peak = weights, longest
             else:
@@ -82,7 +84,8 @@ class TokenCounter:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         max_len = int(peak.item())
-        tokens, sum_sq, sequences, *rest = values.tolist()
+        tokens, sum_q, sequences, *rest = values.tolist()
+        sum_sq = 2 * sum_q - tokens  # Σ(2p+1) over real tokens
         pairs, (padded_tokens, padded_sq, passes) = rest[: len(self.windows)], rest[len(self.windows) :]
         self._acc = self._peak = None
         self._padded_tokens = self._padded_sq = self._passes = 0
@@ -98,8 +101,11 @@ class TokenCounter:
         )
 
 
-def _positions(batch: Mapping[str, Any]):
-    """(positions p, valid mask, rows B, length L) of a batch, all on its device; (None, …) if nothing to count."""
+def _ranks(batch: Mapping[str, Any]):
+    """(q, rows B, length L): q = 1-based position of each real token, 0 elsewhere, int64 on the batch's device.
+
+    (None, 0, 0) when the batch has nothing to count.
+    """
     import torch
 
     reference = batch.get("input_ids")
@@ -112,23 +118,20 @@ def _positions(batch: Mapping[str, Any]):
             device = t.device
             break
     else:
-        return None, None, 0, 0
+        return None, 0, 0
     if mask is not None and mask.dim() == 2:
-        valid = mask.to(torch.bool)
-        positions = position_ids if position_ids is not None else mask.to(torch.int64).cumsum(1) - 1
-    elif position_ids is not None:
-        positions = position_ids.reshape(rows, length)
-        valid = torch.ones_like(positions, dtype=torch.bool)
-    elif labels is not None and labels.dim() == 2:
+        mask = mask.to(torch.int64)
+        if position_ids is None:  # positions from the mask: left or right padding alike
+            return mask.cumsum(1) * mask, rows, length
+        return (position_ids.reshape(rows, length).to(torch.int64) + 1) * mask, rows, length
+    if position_ids is not None:  # packed, no mask: every position is real
+        return position_ids.reshape(rows, length).to(torch.int64) + 1, rows, length
+    index = torch.arange(1, length + 1, device=device).expand(rows, length)
+    if labels is not None and labels.dim() == 2:
         # labels only: everything up to the last supervised token is needed (prompt tokens included)
-        index = torch.arange(length, device=labels.device).expand(rows, length)
-        last = torch.where(labels != IGNORE_INDEX, index, -1).amax(1, keepdim=True)
-        valid = index <= last
-        positions = index
-    else:  # no mask: the model attends to every position
-        positions = torch.arange(length, device=device).expand(rows, length)
-        valid = torch.ones(rows, length, dtype=torch.bool, device=device)
-    return positions.to(torch.int64), valid, rows, length
+        last = torch.where(labels != IGNORE_INDEX, index, 0).amax(1, keepdim=True)
+        return index * (index <= last), rows, length
+    return index, rows, length  # no mask: the model attends to every position
 
 
 def _is_distributed(flag: bool | None) -> bool:

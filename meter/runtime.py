@@ -150,6 +150,8 @@ class FlopsMeter:
         self._last_sync_step, self._last_sync_flops, self._last_sync_global_step = 0, 0, 0
         self._hook_handle = None
         self._nvml = None
+        self._model_ref: Any = None
+        self._gpu: str | None = None  # the CUDA device name when the model trains on one
         self._started = self._ended = None
         self._sagemaker = _sagemaker_env()
         self.threshold = None
@@ -189,6 +191,7 @@ class FlopsMeter:
         }
         if self.precision is None:
             self.precision = _precision_of(model)
+        self._model_ref = model  # its device is read at start: the Trainer moves the model after attach
         self.threshold, self.pretrain_source = self._threshold(name)
         if self.use_hook:
             target = unwrap(model)
@@ -340,8 +343,9 @@ class FlopsMeter:
         if self.cost is None:
             raise MeterError("FlopsMeter.start before attach(model): give the model to FlopsMeter(model)")
         self._started = time.time()
+        self._gpu = _cuda_device_name() if _on_cuda(self._model_ref) else None
         self.status = "running"
-        if self.use_nvml and self.local_rank == 0:
+        if self.use_nvml and self.local_rank == 0 and self._gpu:
             from meter.nvml import NvmlSampler
 
             self._nvml = NvmlSampler().start()
@@ -487,9 +491,9 @@ class FlopsMeter:
         if measured and measured.get("available"):
             return {**measured, "estimated": measured["energy_method"] != "nvml_energy_counter"}
         reason = (measured or {}).get("reason") or (
-            "NVML disabled (FLOPS_METER_NVML=0)" if not self.use_nvml else "NVML sampled on local rank 0 only"
+            "NVML disabled (nvml=False or FLOPS_METER_NVML=0)" if not self.use_nvml else "NVML sampled on local rank 0 only"
         )
-        device = _cuda_device_name()
+        device = self._gpu
         if device is None:
             return {"available": False, "reason": f"{reason}; no GPU in use", "energy_kwh": None}
         from meter.hardware import identify
@@ -511,7 +515,7 @@ class FlopsMeter:
     def _hardware(self, energy: dict[str, Any], seconds: float) -> dict[str, Any]:
         from meter.hardware import peak_flops
 
-        device = _cuda_device_name()
+        device = self._gpu
         gpus = energy.get("gpus") or []
         info: dict[str, Any] = {
             "device": device or platform.processor() or "cpu",
@@ -641,6 +645,14 @@ def _precision_of(model: Any) -> str:
     compute = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
     dtype = str(compute) if compute is not None else max(sizes, key=sizes.get, default="torch.float32")
     return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(dtype, "fp32")
+
+
+def _on_cuda(model: Any) -> bool:
+    """Whether the model computes on a CUDA device (a CPU run on a GPU machine must not claim the GPU's energy)."""
+    for p in model.parameters() if hasattr(model, "parameters") else ():
+        if p.device.type != "meta":
+            return p.device.type == "cuda"
+    return False
 
 
 def _cuda_device_name() -> str | None:

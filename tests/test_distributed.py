@@ -16,7 +16,12 @@ JOB = Path(__file__).with_name("ddp_job.py")
 
 
 def _run(args: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(JOB.parent.parent), "OMP_NUM_THREADS": "1", "FLOPS_METER_NVML": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(JOB.parent.parent), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+        "FLOPS_METER_NVML": "0",
+    }
     done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -52,3 +52,26 @@ def test_nvml_on_a_real_gpu(tmp_path) -> None:
     torch.cuda.synchronize()
     summary = sampler.stop()
     assert summary["available"] and summary["energy_kwh"] > 0
+    gpu = summary["gpus"][0]
+    assert gpu["samples"] >= 15 and gpu["power_max_w"] > gpu["power_mean_w"] * 0.5 > 0
+    if summary["energy_method"] == "nvml_energy_counter":  # Volta and later: the counter and the integral agree
+        integral_kwh = sampler.devices[0].power_integral_j / 3.6e6
+        assert abs(integral_kwh - summary["energy_kwh"]) <= 0.25 * summary["energy_kwh"]
+
+
+def test_full_run_on_gpu_counts_exactly_and_measures_energy(tmp_path) -> None:
+    """A bf16 Trainer run on the GPU: the count is the engine's, and the record holds NVML energy and the chip."""
+    pytest.importorskip("pynvml")
+    from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config
+    from meter.reference import TINY_CONFIGS
+    from tests.trainer_jobs import lengths, read_record, run, sequences, tiny_model
+
+    model = tiny_model("llama").cuda()
+    rows = sequences(16)
+    callback = FlopsMeterCallback(output_path=str(tmp_path / "m.json"))
+    run(model, rows, tmp_path / "out", [callback], max_steps=4, use_cpu=False, bf16=True)
+    record = read_record(tmp_path / "m.json")
+    want = CostModel(spec_from_config(TINY_CONFIGS["llama"]), TrainingSetup(method="full"))
+    assert record["flops"]["regulatory"] == want.count(TokenStats.from_lengths(lengths(rows))).regulatory_flops
+    assert record["energy"]["available"] and record["energy"]["energy_kwh"] > 0
+    assert record["hardware"]["chip"] is not None

@@ -19,7 +19,13 @@ DATA = ROOT / "steps" / "demo" / "train.jsonl"
 
 
 def step(name: str, opt_ml: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OPT_ML": str(opt_ml), "PYTHONPATH": str(ROOT), "FLOPS_METER_NVML": "0", **(env or {})}
+    environment = {
+        **os.environ,
+        "OPT_ML": str(opt_ml),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "FLOPS_METER_NVML": "0",
+        **(env or {}),
+    }
     return subprocess.run([sys.executable, "-m", f"steps.{name}", *args], env=environment, cwd=opt_ml,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
