@@ -62,7 +62,13 @@ def run_verdict(
 
 def compliance_document(verdict: Verdict, *, lineage: str, base_model: str, run_id: str | None) -> dict[str, Any]:
     """compliance.json: the verdict plus what a pipeline condition reads (crossed, status, flops, threshold)."""
-    return {**verdict.to_dict(), "lineage": lineage, "base_model": base_model, "run_id": run_id}
+    metadata = {  # strings, for model-package metadata (exact integers: no float rounding on the way)
+        "regulatory_flops": str(verdict.regulatory_flops),
+        "cumulative_flops": str(verdict.cumulative_flops),
+        "threshold_flops": str(verdict.threshold_flops),
+        "status": verdict.status,
+    }
+    return {**verdict.to_dict(), "lineage": lineage, "base_model": base_model, "run_id": run_id, "metadata": metadata}
 
 
 def publish(
@@ -82,7 +88,7 @@ def publish(
         raise MeterError(f"the verdict is of run {compliance['run_id']}, not of {run.get('run_id')}")
     base = compliance.get("base_model") or (run.get("model") or {}).get("name") or "unknown"
     lineage = compliance.get("lineage") or base
-    verdict = {k: v for k, v in compliance.items() if k not in ("lineage", "base_model", "run_id")}
+    verdict = {k: v for k, v in compliance.items() if k not in ("lineage", "base_model", "run_id", "metadata")}
     draft = draft_record(
         run, verdict, lineage_id=lineage, base_model=base, base_revision=revision,
         parent_records=parents, dataset=dataset, code=code,

@@ -491,7 +491,9 @@ class FlopsMeter:
         if measured and measured.get("available"):
             return {**measured, "estimated": measured["energy_method"] != "nvml_energy_counter"}
         reason = (measured or {}).get("reason") or (
-            "NVML disabled (nvml=False or FLOPS_METER_NVML=0)" if not self.use_nvml else "NVML sampled on local rank 0 only"
+            "NVML disabled (nvml=False or FLOPS_METER_NVML=0)"
+            if not self.use_nvml
+            else "NVML sampled on local rank 0 only"
         )
         device = self._gpu
         if device is None:

@@ -1,0 +1,78 @@
+"""Where the governed pipeline lives in an account: names, buckets, images, role. One file, no AWS call.
+
+The definition is a pure function of this configuration and the package's code, so the same inputs give the
+same bytes. Defaults describe the bundled demo; `flops-meter pipeline definition --config FILE` (JSON or YAML)
+overrides any field, and the CDK app writes the file it deploys with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from meter.errors import MeterError
+
+# Hugging Face PyTorch training container (AWS Deep Learning Containers); the region is filled in.
+DEFAULT_IMAGE = (
+    "763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-training:"
+    "2.5.1-transformers4.49.0-gpu-py311-cu124-ubuntu22.04"
+)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    pipeline_name: str = "flops-meter-governed"
+    region: str = "us-east-1"
+    bucket: str = "flops-meter-artifacts"
+    prefix: str = "flops-meter"
+    role_arn: str = "arn:aws:iam::111122223333:role/flops-meter-execution"
+    audit_store_uri: str = "s3://flops-meter-audit/records?table=flops-meter-ledger"
+    training_image: str = DEFAULT_IMAGE
+    processing_image: str = DEFAULT_IMAGE
+    inference_image: str = DEFAULT_IMAGE
+    processing_instance_type: str = "ml.m5.xlarge"
+    model_package_group: str = "flops-meter-models"
+    kms_key_id: str = ""
+    max_runtime_seconds: int = 24 * 3600
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+        doc: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise MeterError(f"pipeline config {p} not found: give a JSON or YAML file")
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(p.read_text())  # JSON is YAML
+            except yaml.YAMLError as e:
+                raise MeterError(f"pipeline config {p} is not valid JSON or YAML: {e}") from None
+            if not isinstance(loaded, dict):
+                raise MeterError(f"pipeline config {p} must be a mapping of settings")
+            doc = loaded
+        doc.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(doc) - set(known))
+        if unknown:
+            raise MeterError(f"unknown pipeline setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+        for name, value in doc.items():
+            want = int if name == "max_runtime_seconds" else str
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise MeterError(f"pipeline setting {name} must be a {want.__name__}, got {value!r}")
+        config = cls(**doc)
+        for name in ("pipeline_name", "region", "bucket", "role_arn"):
+            if not getattr(config, name):
+                raise MeterError(f"pipeline setting {name} is empty: set it in the config file")
+        return config
+
+    def image(self, kind: str) -> str:
+        return getattr(self, f"{kind}_image").format(region=self.region)
+
+    def s3(self, *parts: str) -> str:
+        """s3://bucket/prefix/parts…"""
+        return "s3://" + "/".join(p.strip("/") for p in (self.bucket, self.prefix, *parts) if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

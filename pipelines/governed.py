@@ -1,0 +1,297 @@
+"""The governed pipeline: plan, pre-flight gate, metered training, verdict, audit record, gated registration.
+
+    EstimateFLOPs ─> PreflightGate ─(plan within threshold, or AllowPlannedCrossing)─> TrainWithMeter
+                         └─(plan crosses)─> Fail "PlanCrossesThreshold" (before any GPU is paid for)
+    TrainWithMeter ─> ClassifyCompliance ─> PublishAudit (always) ─> RegistrationGate
+    RegistrationGate ─(not crossed)─> RegisterModel (PendingManualApproval, verdict as metadata)
+                     └─(crossed)─> Fail "RegistrationBlocked" (the approval workflow takes it from there)
+
+``build(config)`` returns the SDK Pipeline; ``definition(config)`` its JSON, offline and byte-stable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.code import code_bundle, demo_dataset, demo_recipe
+from pipelines.config import PipelineConfig
+
+# name: (type, default, description): what a Studio user fills in. Defaults run the bundled tiny demo.
+PARAMETERS: dict[str, tuple[str, Any, str]] = {
+    "BaseModelId": ("String", "tiny-llama", "Hugging Face id of the model being fine-tuned (its config is read)"),
+    "PretrainFlops": (
+        "String",
+        "",
+        "Training compute of the original model in FLOP, e.g. 3.8e25; empty: the bundled published table, "
+        "else unknown (the 3.33e22 fallback applies)",
+    ),
+    "OriginalIsSystemicRisk": ("String", "false", "true if the original is a GPAI model with systemic risk"),
+    "TrainingMethod": ("String", "full", "full, lora, qlora or freeze (overrides the recipe)"),
+    "DatasetS3Uri": ("String", None, "S3 prefix of the training data (JSON Lines: text or input_ids)"),
+    "RecipeS3Uri": ("String", None, "S3 URI of the recipe YAML (compute_flops: true)"),
+    "InstanceType": ("String", "ml.m5.xlarge", "training instance type, e.g. ml.g5.2xlarge"),
+    "InstanceCount": ("Integer", 1, "training instances; more than one runs torchrun across nodes"),
+    "ModelPackageGroupName": ("String", None, "model package group; also the lineage whose compute adds up"),
+    "ApproachingFraction": ("Float", 0.8, "share of the threshold from which a run is reported as approaching"),
+    "AllowPlannedCrossing": (
+        "String",
+        "false",
+        "true: train even when the plan crosses (provider duties knowingly accepted; registration still waits "
+        "for approval)",
+    ),
+}
+BOOLEAN = ("OriginalIsSystemicRisk", "AllowPlannedCrossing")
+
+
+@dataclass
+class Governed:
+    """The built pipeline, its definition JSON, and the artifacts it points at (what upload-code uploads)."""
+
+    pipeline: Any
+    definition: str
+    artifacts: dict[str, Any]  # S3 key prefix -> pipelines.code.Artifact
+    config: PipelineConfig
+
+
+def _parameters(config: PipelineConfig) -> dict[str, Any]:
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+
+    defaults = {
+        "DatasetS3Uri": config.s3(demo_dataset().key_prefix("")),
+        "RecipeS3Uri": config.s3(demo_recipe().key_prefix(""), "demo.yaml"),
+        "ModelPackageGroupName": config.model_package_group,
+    }
+    out = {}
+    for name, (kind, default, _) in PARAMETERS.items():
+        default = defaults.get(name, default)
+        if kind == "Integer":
+            out[name] = ParameterInteger(name=name, default_value=default)
+        elif kind == "Float":
+            out[name] = ParameterFloat(name=name, default_value=default)
+        else:
+            out[name] = ParameterString(
+                name=name, default_value=default, enum_values=["false", "true"] if name in BOOLEAN else None
+            )
+    return out
+
+
+def register_model_step(
+    name: str,
+    *,
+    model_package_group: Any,
+    model_data_url: Any,
+    image_uri: str,
+    metadata: dict[str, Any],
+    description: str,
+):
+    """A RegisterModel step, PendingManualApproval, carrying the verdict as customer metadata.
+
+    The SDK's ModelBuilder.register() infers images and may repack the model; this step says exactly what is
+    registered: the trained artifact, the serving image, the approval status and the metadata.
+    """
+    from sagemaker.core.workflow.properties import Properties
+    from sagemaker.mlops.workflow.steps import Step, StepTypeEnum
+
+    class RegisterModelStep(Step):
+        def __init__(self) -> None:
+            super().__init__(name, step_type=StepTypeEnum.REGISTER_MODEL, description=description)
+            self._properties = Properties(step_name=name, step=self, shape_name="DescribeModelPackageOutput")
+
+        @property
+        def arguments(self) -> dict[str, Any]:
+            return {
+                "ModelPackageGroupName": model_package_group,
+                "ModelApprovalStatus": "PendingManualApproval",
+                "InferenceSpecification": {
+                    "Containers": [{"Image": image_uri, "ModelDataUrl": model_data_url}],
+                    "SupportedContentTypes": ["application/json"],
+                    "SupportedResponseMIMETypes": ["application/json"],
+                },
+                "CustomerMetadataProperties": metadata,
+            }
+
+        @property
+        def properties(self):
+            return self._properties
+
+    return RegisterModelStep()
+
+
+def build(config: PipelineConfig | None = None) -> Governed:
+    """The governed pipeline, built offline: no AWS call, no upload; the same config gives the same bytes."""
+    from pipelines.code import StagedDir
+    from pipelines.session import definition_json, offline_session, sdk_environment
+
+    config = config or PipelineConfig()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdk_environment(config.region))
+        from sagemaker.core.workflow.conditions import ConditionEquals
+        from sagemaker.core.workflow.execution_variables import ExecutionVariables
+        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.mlops.workflow.condition_step import ConditionStep
+        from sagemaker.mlops.workflow.fail_step import FailStep
+        from sagemaker.mlops.workflow.pipeline import Pipeline
+
+        from steps.factories import (
+            AUDIT_FILE,
+            COMPLIANCE_FILE,
+            ESTIMATE_FILE,
+            StepContext,
+            classify_compliance_step,
+            estimate_flops_step,
+            output_uri,
+            publish_audit_step,
+            train_with_meter_step,
+        )
+
+        session = offline_session(config)
+        bundle = code_bundle()
+        code_uri = session.record(bundle)
+        session.record(demo_dataset())
+        session.record(demo_recipe())
+        p = _parameters(config)
+        ctx = StepContext(
+            session=session,
+            role=config.role_arn,
+            image_uri=config.image("processing"),
+            code_uri=code_uri,
+            output_uri=Join(on="/", values=[config.s3("executions"), ExecutionVariables.PIPELINE_EXECUTION_ID]),
+            instance_type=config.processing_instance_type,
+            kms_key_id=config.kms_key_id or None,
+            max_runtime_seconds=config.max_runtime_seconds,
+        )
+        common = dict(
+            base_model_id=p["BaseModelId"],
+            pretrain_flops=p["PretrainFlops"],
+            original_systemic_risk=p["OriginalIsSystemicRisk"],
+            lineage=p["ModelPackageGroupName"],
+            store_uri=config.audit_store_uri,
+            approaching_fraction=p["ApproachingFraction"],
+        )
+        estimate = estimate_flops_step(
+            ctx,
+            recipe_uri=p["RecipeS3Uri"],
+            dataset_uri=p["DatasetS3Uri"],
+            training_method=p["TrainingMethod"],
+            allow_planned_crossing=p["AllowPlannedCrossing"],
+            world_size=p["InstanceCount"],
+            **common,
+        )
+
+        def estimated(path: str):
+            return JsonGet(step_name=estimate.name, property_file=ESTIMATE_FILE, json_path=path)
+
+        # ModelTrainer wants a local source_dir, read again when the definition is rendered: keep it until then
+        staged = stack.enter_context(StagedDir(bundle))
+        train = train_with_meter_step(
+            StepContext(**{**ctx.__dict__, "image_uri": config.image("training")}),
+            recipe_uri=p["RecipeS3Uri"],
+            dataset_uri=p["DatasetS3Uri"],
+            source_dir=str(staged.path),
+            base_model_id=p["BaseModelId"],
+            training_method=p["TrainingMethod"],
+            pretrain_flops=p["PretrainFlops"],
+            instance_type=p["InstanceType"],
+            instance_count=p["InstanceCount"],
+        )
+        model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
+        classify = classify_compliance_step(ctx, model_artifacts=model_artifacts, **common)
+        publish = publish_audit_step(
+            ctx,
+            model_artifacts=model_artifacts,
+            compliance_uri=output_uri(classify, "compliance"),
+            dataset_uri=p["DatasetS3Uri"],
+            store_uri=config.audit_store_uri,
+            container_image=config.image("training"),
+        )
+
+        def verdict(path: str):
+            return JsonGet(step_name=classify.name, property_file=COMPLIANCE_FILE, json_path=path)
+
+        def audit(path: str):
+            return JsonGet(step_name=publish.name, property_file=AUDIT_FILE, json_path=path)
+
+        register = register_model_step(
+            "RegisterModel",
+            model_package_group=p["ModelPackageGroupName"],
+            model_data_url=model_artifacts,
+            image_uri=config.image("inference"),
+            metadata={
+                "flops_meter:regulatory_flops": verdict("metadata.regulatory_flops"),
+                "flops_meter:cumulative_flops": verdict("metadata.cumulative_flops"),
+                "flops_meter:threshold_flops": verdict("metadata.threshold_flops"),
+                "flops_meter:threshold_rule": verdict("threshold_rule"),
+                "flops_meter:status": verdict("status"),
+                "flops_meter:record_uri": audit("record_uri"),
+                "flops_meter:record_sha256": audit("record_sha256"),
+            },
+            description="Registers the fine-tuned model for manual approval, with its compute verdict",
+        )
+        blocked = FailStep(
+            name="RegistrationBlocked",
+            error_message=Join(
+                on="",
+                values=[
+                    "Registration blocked: this lineage's fine-tuning compute (",
+                    verdict("figures.cumulative"),
+                    ") reaches one third of the original's (threshold ",
+                    verdict("figures.threshold"),
+                    ", ",
+                    verdict("threshold_rule"),
+                    "): the organisation becomes the provider of a GPAI model (AI Act Art. 3(68), Guidelines). "
+                    "Audit record: ",
+                    audit("record_uri"),
+                    " (sha256 ",
+                    audit("record_sha256"),
+                    "). A compliance officer can approve it through the approval workflow.",
+                ],
+            ),
+        )
+        registration_gate = ConditionStep(
+            name="RegistrationGate",
+            conditions=[ConditionEquals(left=verdict("crossed"), right=False)],
+            if_steps=[register],
+            else_steps=[blocked],
+            depends_on=[publish],
+            description="Registers only when the threshold was not crossed",
+        )
+        plan_crosses = FailStep(
+            name="PlanCrossesThreshold",
+            error_message=Join(
+                on="",
+                values=[
+                    "Pre-flight gate: the planned compute (",
+                    estimated("verdict.figures.cumulative"),
+                    ") crosses the threshold (",
+                    estimated("verdict.figures.threshold"),
+                    ", ",
+                    estimated("threshold_rule"),
+                    ") before any training. Reduce the data or epochs, use LoRA, or set AllowPlannedCrossing=true "
+                    "to accept provider duties and train anyway.",
+                ],
+            ),
+        )
+        preflight = ConditionStep(
+            name="PreflightGate",
+            conditions=[ConditionEquals(left=estimated("gate_passed"), right=True)],
+            if_steps=[train, classify, publish, registration_gate],
+            else_steps=[plan_crosses],
+            description="Stops the execution before training when the plan crosses and crossing is not allowed",
+        )
+        pipeline = Pipeline(
+            name=config.pipeline_name,
+            parameters=list(p.values()),
+            steps=[estimate, preflight],
+            sagemaker_session=session,
+            pipeline_experiment_config=None,
+        )
+        pipeline._metadata = {  # noqa: SLF001 - the definition's free-form Metadata: descriptions for Studio users
+            "flops_meter": {"parameters": {k: v[2] for k, v in PARAMETERS.items()}, "code": bundle.sha256}
+        }
+        return Governed(pipeline, definition_json(pipeline), dict(session.artifacts), config)
+
+
+def definition(config: PipelineConfig | None = None) -> str:
+    return build(config).definition

@@ -1,0 +1,287 @@
+"""The four reusable steps as SageMaker SDK v3 step objects, for your own pipelines.
+
+Each factory returns the SDK step; its container runs the entrypoint module of the same name (``steps.<name>``).
+Inputs may be strings or pipeline variables (parameters, ``JsonGet``, step properties). The SDK is imported
+inside the functions: the entrypoints run in training containers that do not have it.
+
+    ctx = StepContext(session=PipelineSession(), role=ROLE, image_uri=IMAGE, code_uri="s3://…/code/<sha>")
+    estimate = estimate_flops_step(ctx, recipe_uri=..., dataset_uri=..., base_model_id="meta-llama/Llama-3.1-8B")
+    train = train_with_meter_step(ctx, recipe_uri=..., dataset_uri=..., instance_type="ml.g5.2xlarge")
+    classify = classify_compliance_step(ctx, model_artifacts=train.properties.ModelArtifacts.S3ModelArtifacts, …)
+    publish = publish_audit_step(ctx, model_artifacts=…, compliance_uri=classify_output_uri(classify), …)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CODE_DIR = "/opt/ml/processing/input/code"
+ESTIMATE_FILE, COMPLIANCE_FILE, AUDIT_FILE = "EstimateReport", "ComplianceReport", "AuditReport"
+METRICS = [  # the meter's log lines, charted by SageMaker (regulatory FLOPs so far; tokens)
+    {"Name": "flops_meter:cumulative_flops", "Regex": r"flops_meter: cumulative_flops=([0-9]+)"},
+    {"Name": "flops_meter:executed_flops", "Regex": r"executed_flops=([0-9]+)"},
+    {"Name": "flops_meter:tokens", "Regex": r"flops_meter: .* tokens=([0-9]+)"},
+]
+
+
+@dataclass
+class StepContext:
+    """What every step needs: the (pipeline) session, the execution role, an image, and the code's S3 prefix."""
+
+    session: Any
+    role: str
+    image_uri: str
+    code_uri: str
+    output_uri: Any = None  # where step outputs go: str or a pipeline variable (Join with the execution id)
+    instance_type: Any = "ml.m5.xlarge"
+    kms_key_id: str | None = None
+    max_runtime_seconds: int = 24 * 3600
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def arg(name: str, value: Any) -> Any:
+    """``--name=value`` as one argument, also when value is a pipeline variable (and when it is empty)."""
+    from sagemaker.core.helper.pipeline_variable import PipelineVariable
+    from sagemaker.core.workflow.functions import Join
+
+    if isinstance(value, PipelineVariable):
+        return Join(on="", values=[f"--{name}=", value])
+    return f"--{name}={value}"
+
+
+def _output(ctx: StepContext, name: str) -> Any:
+    from sagemaker.core.helper.pipeline_variable import PipelineVariable
+    from sagemaker.core.workflow.functions import Join
+
+    if isinstance(ctx.output_uri, PipelineVariable):
+        return Join(on="/", values=[ctx.output_uri, name])
+    return f"{str(ctx.output_uri).rstrip('/')}/{name}"
+
+
+def _processing_step(
+    ctx: StepContext,
+    name: str,
+    module: str,
+    inputs: dict[str, Any],
+    outputs: list[str],
+    arguments: list[Any],
+    property_file: tuple[str, str, str] | None,
+    description: str,
+):
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    processor = Processor(
+        role=ctx.role,
+        image_uri=ctx.image_uri,
+        instance_count=1,
+        instance_type=ctx.instance_type,
+        entrypoint=["python3", f"{CODE_DIR}/steps/launch.py", module],
+        volume_kms_key=ctx.kms_key_id,
+        output_kms_key=ctx.kms_key_id,
+        max_runtime_in_seconds=ctx.max_runtime_seconds,
+        base_job_name=f"flops-meter-{module.split('.')[-1].replace('_', '-')}",
+        sagemaker_session=ctx.session,
+        env={"PYTHONUNBUFFERED": "1", "FLOPS_METER_NVML": "0", **ctx.env},
+    )
+    processing_inputs = [
+        ProcessingInput(
+            input_name=input_name,
+            s3_input=ProcessingS3Input(
+                s3_uri=uri,
+                local_path=f"/opt/ml/processing/input/{input_name}",
+                s3_data_type="S3Prefix",
+                s3_input_mode="File",
+            ),
+        )
+        for input_name, uri in {"code": ctx.code_uri, **inputs}.items()
+        if uri is not None
+    ]
+    processing_outputs = [
+        ProcessingOutput(
+            output_name=output,
+            s3_output=ProcessingS3Output(
+                s3_uri=_output(ctx, output),
+                local_path=f"/opt/ml/processing/output/{output}",
+                s3_upload_mode="EndOfJob",
+            ),
+        )
+        for output in outputs
+    ]
+    step_args = processor.run(inputs=processing_inputs, outputs=processing_outputs, arguments=arguments)
+    property_files = []
+    if property_file is not None:
+        file_name, output_name, path = property_file
+        property_files.append(PropertyFile(name=file_name, output_name=output_name, path=path))
+    return ProcessingStep(name=name, step_args=step_args, property_files=property_files, description=description)
+
+
+def estimate_flops_step(
+    ctx: StepContext,
+    *,
+    recipe_uri: Any,
+    dataset_uri: Any,
+    base_model_id: Any = "",
+    training_method: Any = "",
+    pretrain_flops: Any = "",
+    original_systemic_risk: Any = "false",
+    approaching_fraction: Any = 0.8,
+    allow_planned_crossing: Any = "false",
+    world_size: Any = 1,
+    lineage: Any = "",
+    store_uri: Any = "",
+    name: str = "EstimateFLOPs",
+):
+    """ProcessingStep: the planned count and the threshold; PropertyFile ``EstimateReport`` (estimate.json)."""
+    return _processing_step(
+        ctx,
+        name,
+        "steps.estimate_flops",
+        {"recipe": recipe_uri, "dataset": dataset_uri},
+        ["estimate"],
+        [
+            arg("base-model-id", base_model_id),
+            arg("training-method", training_method),
+            arg("pretrain-flops", pretrain_flops),
+            arg("original-systemic-risk", original_systemic_risk),
+            arg("approaching-fraction", approaching_fraction),
+            arg("allow-planned-crossing", allow_planned_crossing),
+            arg("world-size", world_size),
+            arg("lineage", lineage),
+            arg("store-uri", store_uri),
+        ],
+        (ESTIMATE_FILE, "estimate", "estimate.json"),
+        "Planned regulatory FLOPs of the recipe on the dataset, against the one-third threshold",
+    )
+
+
+def train_with_meter_step(
+    ctx: StepContext,
+    *,
+    recipe_uri: Any,
+    dataset_uri: Any,
+    source_dir: str,
+    base_model_id: Any = "",
+    training_method: Any = "",
+    pretrain_flops: Any = "",
+    instance_type: Any = "ml.g5.2xlarge",
+    instance_count: Any = 1,
+    checkpoint_uri: Any = None,
+    model_uri: Any = None,
+    name: str = "TrainWithMeter",
+):
+    """TrainingStep via ModelTrainer: the bundled SFT script with the meter on, under torchrun on every node."""
+    from sagemaker.core.shapes import CheckpointConfig, MetricDefinition, OutputDataConfig, StoppingCondition
+    from sagemaker.core.training.configs import Compute, InputData, SourceCode
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.distributed import Torchrun
+
+    class _OfflineModelTrainer(ModelTrainer):
+        def _resolve_staging_bucket(self):
+            # the SDK asks IAM (SimulatePrincipalPolicy) whether the role may write the default bucket; the
+            # pipeline's bucket is given and its role is provisioned for it, so the definition needs no call
+            return self.sagemaker_session.default_bucket(), None
+
+    channels = [InputData(channel_name="train", data_source=dataset_uri)]
+    channels.append(InputData(channel_name="recipe", data_source=recipe_uri))
+    if model_uri is not None:
+        channels.append(InputData(channel_name="model", data_source=model_uri))
+    trainer = _OfflineModelTrainer(
+        training_image=ctx.image_uri,
+        role=ctx.role,
+        sagemaker_session=ctx.session,
+        base_job_name="flops-meter-train",
+        source_code=SourceCode(
+            source_dir=source_dir, entry_script="steps/train_with_meter.py", requirements="requirements.txt"
+        ),
+        distributed=Torchrun(),
+        compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_kms_key_id=ctx.kms_key_id),
+        hyperparameters={
+            "base_model_id": base_model_id,
+            "training_method": training_method,
+            "pretrain_flops": pretrain_flops,
+        },
+        environment={
+            "PYTHONPATH": "/opt/ml/input/data/code",  # torchrun runs the script by path: make `steps` importable
+            "PYTHONUNBUFFERED": "1",
+            **ctx.env,
+        },
+        output_data_config=OutputDataConfig(s3_output_path=_output(ctx, "training"), kms_key_id=ctx.kms_key_id),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoint_uri or _output(ctx, "checkpoints")),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=ctx.max_runtime_seconds),
+        input_data_config=channels,
+    )
+    trainer = trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRICS])
+    return TrainingStep(
+        name=name,
+        step_args=trainer.train(),
+        description="Fine-tunes with the FLOPs meter on (compute_flops: true); one total per job",
+    )
+
+
+def classify_compliance_step(
+    ctx: StepContext,
+    *,
+    model_artifacts: Any,
+    base_model_id: Any = "",
+    pretrain_flops: Any = "",
+    original_systemic_risk: Any = "false",
+    lineage: Any = "",
+    store_uri: Any = "",
+    approaching_fraction: Any = 0.8,
+    name: str = "ClassifyCompliance",
+):
+    """ProcessingStep: verdict from the run record and the lineage; PropertyFile ``ComplianceReport``."""
+    return _processing_step(
+        ctx,
+        name,
+        "steps.classify_compliance",
+        {"run": model_artifacts},
+        ["compliance"],
+        [
+            arg("base-model-id", base_model_id),
+            arg("pretrain-flops", pretrain_flops),
+            arg("original-systemic-risk", original_systemic_risk),
+            arg("lineage", lineage),
+            arg("store-uri", store_uri),
+            arg("approaching-fraction", approaching_fraction),
+        ],
+        (COMPLIANCE_FILE, "compliance", "compliance.json"),
+        "The run's verdict under the one-third rule, with the lineage's recorded compute",
+    )
+
+
+def publish_audit_step(
+    ctx: StepContext,
+    *,
+    model_artifacts: Any,
+    compliance_uri: Any,
+    dataset_uri: Any = None,
+    store_uri: Any = "",
+    container_image: Any = "",
+    name: str = "PublishAudit",
+):
+    """ProcessingStep: the record in the audit store, always; PropertyFile ``AuditReport`` (record URI, SHA-256)."""
+    return _processing_step(
+        ctx,
+        name,
+        "steps.publish_audit",
+        {"run": model_artifacts, "compliance": compliance_uri, "dataset": dataset_uri},
+        ["audit"],
+        [
+            arg("store-uri", store_uri),
+            arg("dataset-uri", dataset_uri if dataset_uri is not None else ""),
+            arg("container-image", container_image),
+        ],
+        (AUDIT_FILE, "audit", "audit.json"),
+        "Writes the run record and verdict to the append-only audit store",
+    )
+
+
+def output_uri(step, output_name: str) -> Any:
+    """The S3 URI a processing step writes one of its outputs to (a property, resolved at run time)."""
+    return step.properties.ProcessingOutputConfig.Outputs[output_name].S3Output.S3Uri
