@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("record", help="the record's SHA-256 (or a unique prefix)")
     show.add_argument("--store", help="audit store URI")
     show.add_argument("--json", action="store_true")
+    try:  # the pipeline commands live with the pipeline (absent in training containers, which get meter/ and steps/)
+        from pipelines.cli import add_parser as add_pipeline_parser
+    except ImportError:
+        pass
+    else:
+        add_pipeline_parser(sub)
     return parser
 
 
@@ -572,6 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_audit(args)
         elif args.command == "report":
             return cmd_report(args)
+        elif args.command == "pipeline":
+            from pipelines.cli import run as run_pipeline_command
+
+            return run_pipeline_command(args)
     except MeterError as e:
         print(f"flops-meter: error: {e}", file=sys.stderr)
         return 2

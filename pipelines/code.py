@@ -103,18 +103,29 @@ class StagedDir:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _marker(artifact: Artifact, prefix: str) -> str:
+    # outside the prefix (an S3Prefix input downloads every key that starts with it); written last, so a partial
+    # upload is never taken for a complete one
+    return "/".join(p.strip("/") for p in (prefix, f"{artifact.name}-complete", artifact.sha256) if p)
+
+
+def uploaded(artifact: Artifact, s3, bucket: str, prefix: str) -> bool:
+    """Whether the artifact is completely at its content address."""
+    try:
+        s3.head_object(Bucket=bucket, Key=_marker(artifact, prefix))
+        return True
+    except s3.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
 def upload(artifact: Artifact, s3, bucket: str, prefix: str, *, kms_key_id: str = "") -> tuple[str, int]:
     """Put the artifact's files under its content address; returns (s3 uri, files written). Idempotent."""
     key_prefix = artifact.key_prefix(prefix)
-    # outside the prefix (an S3Prefix input downloads every key that starts with it): written last, so a partial
-    # upload is never taken for a complete one
-    marker = f"{prefix.strip('/')}/{artifact.name}-complete/{artifact.sha256}"
-    try:
-        s3.head_object(Bucket=bucket, Key=marker)
+    marker = _marker(artifact, prefix)
+    if uploaded(artifact, s3, bucket, prefix):
         return f"s3://{bucket}/{key_prefix}", 0
-    except s3.exceptions.ClientError as e:
-        if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-            raise
     extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
     for rel in sorted(artifact.files):
         s3.put_object(Bucket=bucket, Key=f"{key_prefix}/{rel}", Body=artifact.files[rel], **extra)

@@ -287,7 +287,8 @@ def build(config: PipelineConfig | None = None) -> Governed:
             sagemaker_session=session,
             pipeline_experiment_config=None,
         )
-        pipeline._metadata = {  # noqa: SLF001 - the definition's free-form Metadata: descriptions for Studio users
+        # the definition's free-form Metadata (the SDK has no setter): parameter descriptions, the code's address
+        pipeline._metadata = {
             "flops_meter": {"parameters": {k: v[2] for k, v in PARAMETERS.items()}, "code": bundle.sha256}
         }
         return Governed(pipeline, definition_json(pipeline), dict(session.artifacts), config)

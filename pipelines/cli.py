@@ -1,0 +1,198 @@
+"""`flops-meter pipeline …`: the governed pipeline's definition, its code upload, and its life in an account.
+
+definition   offline, deterministic JSON (no AWS call; same inputs, same bytes)
+upload-code  the content-addressed code bundle and demo inputs the definition points at
+upsert       create or update the pipeline (needs the code uploaded)
+start        start an execution, with parameter overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from meter.errors import MeterError
+
+DEFINITION_LIMIT = 1_048_576  # characters: SageMaker's PipelineDefinition limit
+
+
+def add_parser(sub) -> None:
+    pipe = sub.add_parser("pipeline", help="the governed SageMaker pipeline: definition, upload-code, upsert, start")
+    psub = pipe.add_subparsers(dest="pipeline_command", required=True, parser_class=type(pipe))
+
+    def config_arg(p):
+        p.add_argument("--config", metavar="FILE", help="pipeline settings (JSON or YAML); defaults: the demo")
+
+    d = psub.add_parser("definition", help="print the pipeline definition JSON (offline, deterministic)")
+    config_arg(d)
+    d.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    u = psub.add_parser("upload-code", help="upload the code bundle and demo inputs to their content addresses")
+    config_arg(u)
+    up = psub.add_parser("upsert", help="create or update the pipeline in SageMaker")
+    config_arg(up)
+    up.add_argument("--role", required=True, metavar="ARN", help="role SageMaker Pipelines assumes")
+    s = psub.add_parser("start", help="start an execution of the pipeline")
+    config_arg(s)
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+    s.add_argument("--display-name", help="execution display name")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.config import PipelineConfig
+
+    config = PipelineConfig.load(args.config)
+    command = args.pipeline_command
+    if command == "definition":
+        return cmd_definition(config, args.out)
+    if command == "start":
+        return cmd_start(config, parse_params(args.param), args.display_name)
+    with _aws_errors():
+        if command == "upload-code":
+            return cmd_upload(config)
+        if command == "upsert":
+            return cmd_upsert(config, args.role)
+    raise MeterError(f"unknown pipeline command {command}")
+
+
+def cmd_definition(config, out: str | None) -> int:
+    from pipelines.governed import definition
+
+    text = definition(config)
+    if len(text) > DEFINITION_LIMIT:
+        raise MeterError(f"the definition is {len(text):,} characters, over SageMaker's {DEFINITION_LIMIT:,}")
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text)
+        print(f"wrote {out} ({len(text):,} characters)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_upload(config) -> int:
+    from pipelines.code import upload
+    from pipelines.governed import build
+
+    governed = build(config)
+    s3 = _client("s3", config)
+    for artifact in governed.artifacts.values():
+        uri, written = upload(artifact, s3, config.bucket, config.prefix, kms_key_id=config.kms_key_id)
+        state = f"uploaded {written} files" if written else "already there"
+        print(f"{artifact.name}: {uri} ({state})")
+    return 0
+
+
+def cmd_upsert(config, role: str) -> int:
+    from pipelines.code import uploaded
+    from pipelines.governed import PARAMETERS, build
+
+    governed = build(config)
+    s3 = _client("s3", config)
+    missing = [a.name for a in governed.artifacts.values() if not uploaded(a, s3, config.bucket, config.prefix)]
+    if missing:
+        raise MeterError(
+            f"the code the definition points at is not in s3://{config.bucket}/{config.prefix} ({', '.join(missing)}): "
+            "run `flops-meter pipeline upload-code` first (with the same --config)"
+        )
+    sm = _client("sagemaker", config)
+    description = "Governed fine-tuning (EU AI Act one-third rule). Parameters: " + "; ".join(
+        f"{name}: {text}" for name, (_, _, text) in PARAMETERS.items()
+    )
+    request = dict(
+        PipelineName=config.pipeline_name,
+        PipelineDefinition=governed.definition,
+        PipelineDescription=description[:3072],
+        RoleArn=role,
+    )
+    try:
+        sm.describe_pipeline(PipelineName=config.pipeline_name)
+        exists = True
+    except sm.exceptions.ResourceNotFound:
+        exists = False
+    except sm.exceptions.ClientError as e:  # moto answers ValidationException "Could not find pipeline"
+        if not any(text in str(e) for text in ("does not exist", "Could not find")):
+            raise
+        exists = False
+    if exists:
+        response = sm.update_pipeline(**request)
+        print(f"updated {response['PipelineArn']}")
+    else:
+        response = sm.create_pipeline(**request, PipelineDisplayName=config.pipeline_name)
+        print(f"created {response['PipelineArn']}")
+    return 0
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    from pipelines.governed import PARAMETERS
+
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise MeterError(f"--param {item!r}: write NAME=VALUE")
+        if name not in PARAMETERS:
+            raise MeterError(f"--param {name}: unknown parameter; use one of {', '.join(PARAMETERS)}")
+        kind = PARAMETERS[name][0]
+        try:
+            if kind == "Integer":
+                int(value)
+            elif kind == "Float":
+                float(value)
+        except ValueError:
+            raise MeterError(f"--param {name}={value}: expected {kind.lower()}") from None
+        if name in ("OriginalIsSystemicRisk", "AllowPlannedCrossing") and value not in ("true", "false"):
+            raise MeterError(f"--param {name}={value}: expected true or false")
+        params[name] = value
+    return params
+
+
+def cmd_start(config, params: dict[str, str], display_name: str | None) -> int:
+    with _aws_errors():
+        sm = _client("sagemaker", config)
+        extra: dict[str, Any] = {"PipelineExecutionDisplayName": display_name} if display_name else {}
+        response = sm.start_pipeline_execution(
+            PipelineName=config.pipeline_name,
+            PipelineParameters=[{"Name": k, "Value": v} for k, v in params.items()],
+            **extra,
+        )
+    print(response["PipelineExecutionArn"])
+    return 0
+
+
+def _client(service: str, config):
+    import boto3
+
+    return boto3.client(service, region_name=config.region)
+
+
+class _aws_errors:
+    """AWS failures a user can fix (credentials, endpoint, permissions) as one line, not a traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is None:
+            return False
+        try:
+            from botocore.exceptions import BotoCoreError, ClientError
+        except ImportError:
+            return False
+        if isinstance(error, ClientError):
+            info = error.response.get("Error", {})
+            raise MeterError(f"AWS refused {error.operation_name}: {info.get('Code')}: {info.get('Message')}") from None
+        if isinstance(error, BotoCoreError):
+            raise MeterError(f"AWS unreachable or not configured: {error}") from None
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    from meter.cli import main as meter_main
+
+    return meter_main(["pipeline", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
