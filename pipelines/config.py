@@ -19,6 +19,13 @@ DEFAULT_IMAGE = (
     "2.5.1-transformers4.49.0-gpu-py311-cu124-ubuntu22.04"
 )
 
+# Hugging Face LLM serving container (TGI), what the registered model package deploys with. Check the tag your
+# region offers; the CDK app and --config set it.
+DEFAULT_INFERENCE_IMAGE = (
+    "763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-tgi-inference:"
+    "2.4.0-tgi2.3.1-gpu-py311-cu124-ubuntu22.04"
+)
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -30,7 +37,7 @@ class PipelineConfig:
     audit_store_uri: str = "s3://flops-meter-audit/records?table=flops-meter-ledger"
     training_image: str = DEFAULT_IMAGE
     processing_image: str = DEFAULT_IMAGE
-    inference_image: str = DEFAULT_IMAGE
+    inference_image: str = DEFAULT_INFERENCE_IMAGE
     processing_instance_type: str = "ml.m5.xlarge"
     model_package_group: str = "flops-meter-models"
     kms_key_id: str = ""

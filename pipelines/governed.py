@@ -176,7 +176,8 @@ def build(config: PipelineConfig | None = None) -> Governed:
             dataset_uri=p["DatasetS3Uri"],
             training_method=p["TrainingMethod"],
             allow_planned_crossing=p["AllowPlannedCrossing"],
-            world_size=p["InstanceCount"],
+            instance_type=p["InstanceType"],
+            instance_count=p["InstanceCount"],
             **common,
         )
 

@@ -31,10 +31,44 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--original-systemic-risk", default="false")
     p.add_argument("--approaching-fraction", type=float, default=0.8)
     p.add_argument("--allow-planned-crossing", default="false")
-    p.add_argument("--world-size", type=int, default=1, help="training processes (instances × GPUs)")
+    p.add_argument("--world-size", type=int, default=0, help="training processes; 0: from the instances")
+    p.add_argument("--instance-type", default="", help="training instance type (its GPUs are the processes per node)")
+    p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--lineage", default="", help="count the plan with this lineage's recorded compute")
     p.add_argument("--store-uri", default="", help="audit store holding the lineage's earlier runs")
     return p.parse_args(argv)
+
+
+# Accelerators per SageMaker training instance (torchrun starts one process each), from the AWS instance-type pages
+# (2026-11). Only a recipe with max_steps needs it: the plan of an epoch-based recipe is the dataset × epochs.
+GPUS = {
+    **{f"ml.g5.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    **{f"ml.g6.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    **{f"ml.g6e.{size}": 1 for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")},
+    "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
+    "ml.g6e.12xlarge": 4, "ml.g6e.24xlarge": 4, "ml.g6e.48xlarge": 8,
+    "ml.p3.2xlarge": 1, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8,
+    "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8,
+    "ml.p5en.48xlarge": 8, "ml.p6-b200.48xlarge": 8,
+    "ml.trn1.2xlarge": 2, "ml.trn1.32xlarge": 32, "ml.trn1n.32xlarge": 32,
+}  # fmt: skip
+UNKNOWN_GPUS = 8  # an unknown GPU type is planned with 8 processes per node: the gate errs towards closing
+
+
+def world_size(args: argparse.Namespace, recipe: Recipe) -> tuple[int, str | None]:
+    """Training processes for a max_steps plan, and a note when the instance type had to be guessed."""
+    if args.world_size > 0:
+        return args.world_size, None
+    kind = args.instance_type.strip()
+    if not kind or kind.startswith(("ml.m", "ml.c", "ml.r", "ml.t")):  # CPU instances: one process
+        return args.instance_count, None
+    if kind in GPUS:
+        return args.instance_count * GPUS[kind], None
+    return args.instance_count * UNKNOWN_GPUS, (
+        f"instance type {kind} is not in the table: planned with {UNKNOWN_GPUS} processes per instance "
+        "(give --world-size for the exact figure)"
+    )
 
 
 def model_config(recipe: Recipe) -> tuple[dict, str]:
@@ -59,8 +93,11 @@ def main() -> int:
         recipe.base_model_id, model_dir if (model_dir / "tokenizer_config.json").is_file() else None
     )
     lengths = [len(s) for s in sequences(processing_input("dataset"), tokenizer, recipe.max_length)]
+    notes = []
     if recipe.max_steps > 0:  # the run stops after max_steps optimizer steps of the global batch
-        n = recipe.max_steps * recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * args.world_size
+        processes, note = world_size(args, recipe)
+        notes += [note] if note else []
+        n = recipe.max_steps * recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * processes
         planned = list(itertools.islice(itertools.cycle(lengths), n))
     else:
         planned = lengths * recipe.num_train_epochs
@@ -97,6 +134,7 @@ def main() -> int:
         "allow_planned_crossing": allow,
         "gate_passed": (not verdict.crossed) or allow,
         "verdict": verdict.to_dict(),
+        "notes": notes,
     }
     path = write_json(processing_output("estimate") / "estimate.json", doc)
     print(

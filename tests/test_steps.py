@@ -96,3 +96,21 @@ def test_bad_input_ends_a_step_with_one_line_and_a_failure_file(tmp_path) -> Non
     assert "recipe method 'sft'" in (tmp_path / "output/failure").read_text()
     done = step("classify_compliance", tmp_path)
     assert done.returncode == 2 and "no run record" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "instance, count, processes",
+    [("ml.m5.xlarge", 1, 1), ("ml.g5.12xlarge", 2, 8), ("ml.p5.48xlarge", 1, 8), ("ml.x99.huge", 1, 8)],
+)
+def test_a_max_steps_plan_counts_every_process(tmp_path, instance, count, processes) -> None:
+    """max_steps × per-device batch × accumulation × processes sequences: the GPUs of the instance type count."""
+    est = tmp_path / "estimate"
+    recipe = est / "processing/input/recipe/r.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(RECIPE.read_text() + "max_steps: 3\ngradient_accumulation_steps: 2\n")
+    place(DATA, est / "processing/input/dataset")
+    done = step("estimate_flops", est, f"--instance-type={instance}", f"--instance-count={count}")
+    assert done.returncode == 0, done.stderr
+    estimate = json.loads((est / "processing/output/estimate/estimate.json").read_text())
+    assert estimate["planned_sequences"] == 3 * 4 * 2 * processes
+    assert bool(estimate["notes"]) == (instance == "ml.x99.huge")  # a guess is said
