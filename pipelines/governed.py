@@ -194,6 +194,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             base_model_id=p["BaseModelId"],
             training_method=p["TrainingMethod"],
             pretrain_flops=p["PretrainFlops"],
+            original_systemic_risk=p["OriginalIsSystemicRisk"],
             instance_type=p["InstanceType"],
             instance_count=p["InstanceCount"],
         )

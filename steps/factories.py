@@ -169,6 +169,7 @@ def train_with_meter_step(
     base_model_id: Any = "",
     training_method: Any = "",
     pretrain_flops: Any = "",
+    original_systemic_risk: Any = "false",
     instance_type: Any = "ml.g5.2xlarge",
     instance_count: Any = 1,
     checkpoint_uri: Any = None,
@@ -206,6 +207,7 @@ def train_with_meter_step(
             "base_model_id": base_model_id,
             "training_method": training_method,
             "pretrain_flops": pretrain_flops,
+            "original_systemic_risk": original_systemic_risk,
         },
         environment={
             "PYTHONPATH": "/opt/ml/input/data/code",  # torchrun runs the script by path: make `steps` importable

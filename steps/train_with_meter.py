@@ -2,9 +2,10 @@
 
 Channels: ``train`` (JSON Lines), ``recipe`` (recipe YAML), optionally ``model`` (weights, config, tokenizer).
 Hyperparameters (strings, as SageMaker passes them) override the recipe: ``base_model_id``, ``training_method``,
-``pretrain_flops``, ``save_steps``. Checkpoints go to /opt/ml/checkpoints (synced to S3 by SageMaker, so a spot
-job resumes from the last one). The model goes to /opt/ml/model; the run record to /opt/ml/output/data and, copied,
-into the model directory, where the next steps find it. Under torchrun every rank runs this script.
+``pretrain_flops``, ``original_systemic_risk``, ``save_steps``. Checkpoints go to /opt/ml/checkpoints (synced to
+S3 by SageMaker, so a spot job resumes from the last one). The model goes to /opt/ml/model; the run record to
+/opt/ml/output/data and, copied, into the model directory, where the next steps find it. Under torchrun every
+rank runs this script.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from meter.errors import MeterError
 from meter.recipe import load_recipe
 from steps.common import (
     checkpoint_dir,
+    flag,
     hyperparameters,
     model_dir,
     one_file,
@@ -93,6 +95,8 @@ def main() -> int:
     pretrain = hps.get("pretrain_flops") or os.environ.get("PRETRAIN_FLOPS")
     if pretrain not in (None, ""):
         meter_options["pretrain_flops"] = pretrain
+    if hps.get("original_systemic_risk") not in (None, ""):
+        meter_options["original_systemic_risk"] = flag(hps["original_systemic_risk"])
     callback = FlopsMeterCallback(output_path=str(output_data_dir() / "flops_meter.json"), **meter_options)
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
