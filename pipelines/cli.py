@@ -9,6 +9,7 @@ start        start an execution, with parameter overrides
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -36,13 +37,28 @@ def add_parser(sub) -> None:
     config_arg(s)
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
     s.add_argument("--display-name", help="execution display name")
+    r = psub.add_parser("run", help="run the pipeline on this machine (--local): real steps, local stores")
+    config_arg(r)
+    r.add_argument("--local", action="store_true", required=True, help="on this machine (the only mode for now)")
+    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+    r.add_argument("--run-dir", metavar="DIR", help="where this run's steps and logs go (default under --home)")
+    r.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
+    r.add_argument("--quiet", action="store_true", help="do not stream the steps' output (it stays in log.txt)")
+    st = psub.add_parser("status", help="the steps and outcome of a local run")
+    st.add_argument("run", help="run directory or execution id")
+    st.add_argument("--home", default="flops-meter-local", metavar="DIR")
+    st.add_argument("--json", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.config import PipelineConfig
 
-    config = PipelineConfig.load(args.config)
     command = args.pipeline_command
+    if command == "status":
+        return cmd_status(args.run, args.home, args.json)
+    if command == "run":
+        return cmd_run(args)
+    config = PipelineConfig.load(args.config)
     if command == "definition":
         return cmd_definition(config, args.out)
     if command == "start":
@@ -159,6 +175,69 @@ def cmd_start(config, params: dict[str, str], display_name: str | None) -> int:
         )
     print(response["PipelineExecutionArn"])
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.local import run_governed
+
+    overrides = parse_params(args.param)
+    execution = run_governed(
+        Path(args.home), overrides, config_path=args.config, run_dir=args.run_dir, quiet=args.quiet
+    )
+    from pipelines.local import load_execution
+
+    print_summary(load_execution(execution.run_dir, Path(args.home)), Path(args.home))
+    return execution.exit_code
+
+
+def cmd_status(run: str, home: str, as_json: bool) -> int:
+    from pathlib import Path
+
+    from pipelines.local import load_execution
+
+    doc = load_execution(run, Path(home))
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_summary(doc, Path(home))
+    return 0 if doc["status"] == "Succeeded" else 1
+
+
+def print_summary(doc: dict[str, Any], home) -> None:
+    """The steps, the verdict and where the evidence is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"execution {doc['execution_id']}: {doc['status']}")
+    for col in ("step", "type", "status", "seconds", "detail"):
+        table.add_column(col, justify="right" if col == "seconds" else "left", overflow="fold")
+    for s in doc["steps"]:
+        seconds = f"{s['seconds']:.1f}" if s.get("seconds") is not None else ""
+        detail = s.get("failure") or (f"branch: {s['outcome']}" if s.get("outcome") else "")
+        detail = detail or s.get("properties", {}).get("ModelPackageArn", "")
+        table.add_row(s["name"], s["type"], s["status"], seconds, detail)
+    console.print(table)
+    run_dir = doc["run_dir"]
+    for name, file in (("ClassifyCompliance", "compliance/compliance.json"), ("PublishAudit", "audit/audit.json")):
+        path = f"{run_dir}/steps/{name}/opt_ml/processing/output/{file}"
+        try:
+            with open(path) as f:
+                found = json.load(f)
+        except OSError:
+            continue
+        if name == "ClassifyCompliance":
+            console.print(
+                f"verdict: {found['status']} (crossed={found['crossed']}): lineage {found['lineage']} "
+                f"{found['figures']['cumulative']} against {found['figures']['threshold']} ({found['threshold_rule']})"
+            )
+        else:
+            console.print(f"audit record: {found['record_uri']} (sha256 {found['record_sha256'][:16]}…)")
+    if doc.get("failure"):
+        console.print(f"[bold]{doc['status']}[/bold]: {doc['failure']}", highlight=False)
+    console.print(f"run directory: {run_dir} (logs in steps/<Name>/log.txt)")
 
 
 def _client(service: str, config):

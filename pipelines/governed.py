@@ -238,7 +238,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
                 values=[
                     "Registration blocked: this lineage's fine-tuning compute (",
                     verdict("figures.cumulative"),
-                    ") reaches one third of the original's (threshold ",
+                    ") exceeds one third of the original's (threshold ",
                     verdict("figures.threshold"),
                     ", ",
                     verdict("threshold_rule"),
