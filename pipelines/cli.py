@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
     r.add_argument("--run-dir", metavar="DIR", help="where this run's steps and logs go (default under --home)")
     r.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
     r.add_argument("--quiet", action="store_true", help="do not stream the steps' output (it stays in log.txt)")
+    r.add_argument("--definition", metavar="FILE", help="run this definition JSON instead of the governed pipeline")
     st = psub.add_parser("status", help="the steps and outcome of a local run")
     st.add_argument("run", help="run directory or execution id")
     st.add_argument("--home", default="flops-meter-local", metavar="DIR")
@@ -182,14 +183,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pipelines.local import run_governed
 
-    overrides = parse_params(args.param)
-    execution = run_governed(
-        Path(args.home), overrides, config_path=args.config, run_dir=args.run_dir, quiet=args.quiet
-    )
+    if args.definition:  # any definition: its own parameters, checked by the runner
+        from pipelines.local import LocalRunner
+
+        overrides = dict(item.partition("=")[::2] for item in args.param)
+        definition = _read_definition(args.definition)
+        execution = LocalRunner(Path(args.home), quiet=args.quiet).run(definition, overrides, args.run_dir)
+    else:
+        overrides = parse_params(args.param)
+        execution = run_governed(
+            Path(args.home), overrides, config_path=args.config, run_dir=args.run_dir, quiet=args.quiet
+        )
     from pipelines.local import load_execution
 
     print_summary(load_execution(execution.run_dir, Path(args.home)), Path(args.home))
     return execution.exit_code
+
+
+def _read_definition(path: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise MeterError(f"definition {p} not found: write one with `flops-meter pipeline definition > {p}`")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise MeterError(f"definition {p} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or "Steps" not in doc:
+        raise MeterError(f"definition {p} has no Steps: is it a SageMaker pipeline definition?")
+    return doc
 
 
 def cmd_status(run: str, home: str, as_json: bool) -> int:
@@ -210,10 +233,10 @@ def print_summary(doc: dict[str, Any], home) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs and CI: no 80-column folding
     table = Table(title=f"execution {doc['execution_id']}: {doc['status']}")
     for col in ("step", "type", "status", "seconds", "detail"):
-        table.add_column(col, justify="right" if col == "seconds" else "left", overflow="fold")
+        table.add_column(col, justify="right" if col == "seconds" else "left", no_wrap=col != "detail")
     for s in doc["steps"]:
         seconds = f"{s['seconds']:.1f}" if s.get("seconds") is not None else ""
         detail = s.get("failure") or (f"branch: {s['outcome']}" if s.get("outcome") else "")
