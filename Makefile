@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/flops-meter estimate --model meta-llama/Meta-Llama-3-8B-Instruct --tokens 2e9 --seq-len 4096 --method lora --lora-targets all-linear
-	$(BIN)/flops-meter estimate --model tiny-llama --sequences 64 --seq-len 128 --json
+	$(BIN)/flops-meter pipeline demo
 
 # Headless Chromium renders the HTML report in the tests; installed from Debian's packages where we are root.
 browser:

@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     r.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
     r.add_argument("--quiet", action="store_true", help="do not stream the steps' output (it stays in log.txt)")
     r.add_argument("--definition", metavar="FILE", help="run this definition JSON instead of the governed pipeline")
+    dm = psub.add_parser("demo", help="the README's main command: three local runs of the governed pipeline")
+    dm.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
+    dm.add_argument("--verbose", action="store_true", help="stream every step's output")
     st = psub.add_parser("status", help="the steps and outcome of a local run")
     st.add_argument("run", help="run directory or execution id")
     st.add_argument("--home", default="flops-meter-local", metavar="DIR")
@@ -59,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         return cmd_status(args.run, args.home, args.json)
     if command == "run":
         return cmd_run(args)
+    if command == "demo":
+        from pathlib import Path
+
+        from pipelines.demo import run_demo
+
+        return run_demo(Path(args.home), quiet=not args.verbose)
     config = PipelineConfig.load(args.config)
     if command == "definition":
         return cmd_definition(config, args.out)

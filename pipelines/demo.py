@@ -1,0 +1,80 @@
+"""The README's main command: the governed pipeline on one machine, three ways, on a tiny Llama-style model.
+
+1. as deployed: the plan and the run stay below the threshold; the model is registered, PendingManualApproval;
+2. with a tiny PretrainFlops (1e9 FLOP): the plan crosses, and the pre-flight gate stops it before training;
+3. the same, with AllowPlannedCrossing=true: it trains, crosses, is published, and its registration is blocked.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from meter.errors import MeterError
+
+PATHS = [
+    ("below the threshold", {}),
+    ("plan crosses: pre-flight gate", {"PretrainFlops": "1e9"}),
+    ("crossing allowed: trains, registration blocked", {"PretrainFlops": "1e9", "AllowPlannedCrossing": "true"}),
+]
+
+
+def run_demo(home: Path, quiet: bool = True) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.local import LocalRegistry, run_governed
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    home = Path(home).resolve()
+    results = []
+    for number, (title, params) in enumerate(PATHS, start=1):
+        shown = " ".join(f"--param {k}={v}" for k, v in params.items()) or "(defaults)"
+        console.rule(f"[bold]{number}. {title}[/bold]  {shown}")
+        with console.status(f"running the governed pipeline ({title})…"):
+            execution = run_governed(home, params, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
+        results.append((title, execution))  # a failure's message was printed with its step
+
+    table = Table(title="flops-meter demo: the governed pipeline on one machine", show_lines=True)
+    for col in ("path", "exit", "planned", "run (lineage)", "threshold", "verdict", "outcome"):
+        table.add_column(col, overflow="fold")
+    for title, execution in results:
+        states = execution.states
+        estimate = states["EstimateFLOPs"].property_files.get("EstimateReport", {})
+        compliance = states["ClassifyCompliance"].property_files.get("ComplianceReport")
+        planned = estimate.get("verdict", {}).get("figures", {}).get("this_run", "")
+        if compliance:
+            ran = f"{compliance['figures']['this_run']} ({compliance['figures']['cumulative']})"
+            verdict = f"{compliance['status']}, crossed={compliance['crossed']}"
+        else:
+            ran, verdict = "not trained", f"plan: {estimate.get('planned_status', '?')}"
+        threshold = estimate.get("verdict", {}).get("figures", {}).get("threshold", "")
+        if states["RegisterModel"].status == "Succeeded":
+            package = states["RegisterModel"].properties["ModelPackageArn"].split("model-package/", 1)[-1]
+            outcome = f"registered as {package}, PendingManualApproval"
+        elif states["RegistrationBlocked"].status == "Failed":
+            outcome = "registration blocked (record published)"
+        elif states["PlanCrossesThreshold"].status == "Failed":
+            outcome = "stopped before training"
+        else:
+            outcome = execution.status
+        table.add_row(title, str(execution.exit_code), planned, ran, threshold, verdict, outcome)
+    console.print(table)
+
+    store = f"file://{home / 'audit'}"
+    packages = LocalRegistry(home / "registry.db").packages()
+    console.print(f"audit store: {store}  (records and the SQLite ledger; lineages add up across runs)")
+    console.print(f"model registry: {home / 'registry.db'}  ({len(packages)} package(s))")
+    console.print(f"run directories: {home / 'runs'}")
+    console.print("next:")
+    console.print(f"  flops-meter audit verify --store {store}")
+    last = results[-1][1]
+    sha = last.states["PublishAudit"].property_files.get("AuditReport", {}).get("record_sha256")
+    if sha:
+        console.print(f"  flops-meter report {sha[:12]} --store {store} --out report.html")
+    console.print(f"  flops-meter pipeline status {last.execution_id} --home {home}")
+    console.print("  flops-meter pipeline definition > pipeline.json   # the same pipeline, for SageMaker")
+    expected = [0, 1, 1]
+    if [e.exit_code for _, e in results] != expected:
+        raise MeterError(f"the demo's paths ended {[e.exit_code for _, e in results]}, expected {expected}")
+    return 0
