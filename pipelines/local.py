@@ -485,7 +485,7 @@ class LocalRunner:
             for line in self._child.stdout:
                 log.write(line)
                 log.flush()
-                if not self.quiet:
+                if not self.quiet or line.startswith("flops_meter: cumulative_flops="):  # training progress
                     self.echo(f"  {state.name} │ {line.rstrip()}")
             code = self._child.wait()
             self._child = None

@@ -111,6 +111,8 @@ def test_lora_counts_differently_with_the_same_verdict_logic(demo, tmp_path) -> 
 def test_progress_and_logs(demo) -> None:
     home, below, _, _, lines = demo
     assert "▶ TrainWithMeter (Training)" in lines and any(line.startswith("✔ TrainWithMeter") for line in lines)
+    # quiet: the steps' output stays in their logs, but the meter's progress lines are shown
+    assert any(line.startswith("  TrainWithMeter │ flops_meter: cumulative_flops=") for line in lines)
     log = (below.run_dir / "steps" / "TrainWithMeter" / "log.txt").read_text()
     assert "flops_meter: cumulative_flops=" in log
     doc = load_execution(below.execution_id, home)
