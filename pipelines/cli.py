@@ -210,17 +210,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _read_definition(path: str) -> dict[str, Any]:
-    from pathlib import Path
+    from meter.jsonfile import read_json_object
 
-    p = Path(path)
-    if not p.is_file():
-        raise MeterError(f"definition {p} not found: write one with `flops-meter pipeline definition > {p}`")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise MeterError(f"definition {p} is not valid JSON: {e}") from None
-    if not isinstance(doc, dict) or "Steps" not in doc:
-        raise MeterError(f"definition {p} has no Steps: is it a SageMaker pipeline definition?")
+    doc = read_json_object(path, "definition", hint="write one with `flops-meter pipeline definition > FILE`")
+    if "Steps" not in doc:
+        raise MeterError(f"definition {path} has no Steps: is it a SageMaker pipeline definition?")
     return doc
 
 
