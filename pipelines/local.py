@@ -34,7 +34,6 @@ from typing import Any
 
 from meter.errors import MeterError
 
-ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ("Processing", "Training", "Condition", "Fail", "RegisterModel")
 
 
@@ -474,9 +473,9 @@ class LocalRunner:
 
     def _subprocess(self, command, env, opt_ml: Path, step_dir: Path, state: StepState, cwd: Path | None = None):
         step_dir.mkdir(parents=True, exist_ok=True)
-        environment = {**os.environ, **env, "OPT_ML": str(opt_ml), "PYTHONUNBUFFERED": "1"}
-        python_path = [env.get("PYTHONPATH")] if env.get("PYTHONPATH") else []
-        environment["PYTHONPATH"] = os.pathsep.join([*python_path, str(ROOT)])
+        # only what the definition says: the step runs the code bundle it was given, not this checkout
+        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        environment.update(env, OPT_ML=str(opt_ml), PYTHONUNBUFFERED="1")
         with open(step_dir / "log.txt", "w") as log:
             self._child = subprocess.Popen(
                 command, env=environment, cwd=cwd or step_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
