@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 CODE = Path(__file__).resolve().parent.parent
-NEEDED = ("yaml", "jsonschema", "rich", "torch")  # what the steps import; transformers only where used
+NEEDED = ("yaml", "jsonschema", "rich")  # what the processing steps import beyond the standard library
 
 
 def main() -> None:
