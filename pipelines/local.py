@@ -473,9 +473,10 @@ class LocalRunner:
 
     def _subprocess(self, command, env, opt_ml: Path, step_dir: Path, state: StepState, cwd: Path | None = None):
         step_dir.mkdir(parents=True, exist_ok=True)
-        # only what the definition says: the step runs the code bundle it was given, not this checkout
-        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        environment.update(env, OPT_ML=str(opt_ml), PYTHONUNBUFFERED="1")
+        environment = {**os.environ, **env, "OPT_ML": str(opt_ml), "PYTHONUNBUFFERED": "1"}
+        # the definition's path first (the code bundle it was given), then this environment's own
+        paths = [env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with open(step_dir / "log.txt", "w") as log:
             self._child = subprocess.Popen(
                 command, env=environment, cwd=cwd or step_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
