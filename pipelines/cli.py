@@ -195,6 +195,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.definition:  # any definition: its own parameters, checked by the runner
         from pipelines.local import LocalRunner
 
+        bad = [item for item in args.param if "=" not in item]
+        if bad:
+            raise MeterError(f"--param {bad[0]!r}: write NAME=VALUE")
         overrides = dict(item.partition("=")[::2] for item in args.param)
         definition = _read_definition(args.definition)
         execution = LocalRunner(Path(args.home), quiet=args.quiet).run(definition, overrides, args.run_dir)
