@@ -151,7 +151,7 @@ def cmd_upsert(config, role: str) -> int:
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
-    from pipelines.governed import PARAMETERS
+    from pipelines.governed import BOOLEAN, PARAMETERS
 
     params = {}
     for item in items:
@@ -168,7 +168,7 @@ def parse_params(items: list[str]) -> dict[str, str]:
                 float(value)
         except ValueError:
             raise MeterError(f"--param {name}={value}: expected {kind.lower()}") from None
-        if name in ("OriginalIsSystemicRisk", "AllowPlannedCrossing") and value not in ("true", "false"):
+        if name in BOOLEAN and value not in ("true", "false"):
             raise MeterError(f"--param {name}={value}: expected true or false")
         params[name] = value
     return params

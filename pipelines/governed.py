@@ -119,6 +119,13 @@ def register_model_step(
     return RegisterModelStep()
 
 
+def _reader(step, property_file: str):
+    """path -> JsonGet of that path in one of the step's property files (resolved at run time)."""
+    from sagemaker.core.workflow.functions import JsonGet
+
+    return lambda path: JsonGet(step_name=step.name, property_file=property_file, json_path=path)
+
+
 def build(config: PipelineConfig | None = None) -> Governed:
     """The governed pipeline, built offline: no AWS call, no upload; the same config gives the same bytes."""
     from pipelines.code import StagedDir
@@ -129,7 +136,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         stack.enter_context(sdk_environment(config.region))
         from sagemaker.core.workflow.conditions import ConditionEquals
         from sagemaker.core.workflow.execution_variables import ExecutionVariables
-        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.core.workflow.functions import Join
         from sagemaker.mlops.workflow.condition_step import ConditionStep
         from sagemaker.mlops.workflow.fail_step import FailStep
         from sagemaker.mlops.workflow.pipeline import Pipeline
@@ -180,9 +187,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             instance_count=p["InstanceCount"],
             **common,
         )
-
-        def estimated(path: str):
-            return JsonGet(step_name=estimate.name, property_file=ESTIMATE_FILE, json_path=path)
+        estimated = _reader(estimate, ESTIMATE_FILE)
 
         # ModelTrainer wants a local source_dir, read again when the definition is rendered: keep it until then
         staged = stack.enter_context(StagedDir(bundle))
@@ -208,12 +213,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             store_uri=config.audit_store_uri,
             container_image=config.image("training"),
         )
-
-        def verdict(path: str):
-            return JsonGet(step_name=classify.name, property_file=COMPLIANCE_FILE, json_path=path)
-
-        def audit(path: str):
-            return JsonGet(step_name=publish.name, property_file=AUDIT_FILE, json_path=path)
+        verdict, audit = _reader(classify, COMPLIANCE_FILE), _reader(publish, AUDIT_FILE)
 
         register = register_model_step(
             "RegisterModel",

@@ -56,7 +56,7 @@ GPUS = {
 UNKNOWN_GPUS = 8  # an unknown GPU type is planned with 8 processes per node: the gate errs towards closing
 
 
-def world_size(args: argparse.Namespace, recipe: Recipe) -> tuple[int, str | None]:
+def world_size(args: argparse.Namespace) -> tuple[int, str | None]:
     """Training processes for a max_steps plan, and a note when the instance type had to be guessed."""
     if args.world_size > 0:
         return args.world_size, None
@@ -95,7 +95,7 @@ def main() -> int:
     lengths = [len(s) for s in sequences(processing_input("dataset"), tokenizer, recipe.max_length)]
     notes = []
     if recipe.max_steps > 0:  # the run stops after max_steps optimizer steps of the global batch
-        processes, note = world_size(args, recipe)
+        processes, note = world_size(args)
         notes += [note] if note else []
         n = recipe.max_steps * recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * processes
         planned = list(itertools.islice(itertools.cycle(lengths), n))
