@@ -19,14 +19,16 @@ def main() -> None:
     from rich.table import Table
 
     from pipelines.demo import PATHS
-    from pipelines.local import run_governed
+    from pipelines.local import run_governed, stage_governed
 
     rows, totals = [], {}
     with tempfile.TemporaryDirectory() as home:
         t_all = time.perf_counter()
+        definition = stage_governed(Path(home))  # built once, as the demo does
+        totals["build and stage the definition"] = time.perf_counter() - t_all
         for title, params in PATHS:
             t0 = time.perf_counter()
-            execution = run_governed(Path(home), params, quiet=True, echo=lambda line: None)
+            execution = run_governed(Path(home), params, definition=definition, quiet=True, echo=lambda line: None)
             totals[title] = time.perf_counter() - t0
             for name, state in execution.states.items():
                 if state.seconds is not None:
@@ -39,7 +41,7 @@ def main() -> None:
     for title, name, status, seconds in rows:
         table.add_row(title, name, status, f"{seconds:.2f}")
     for title, seconds in totals.items():
-        table.add_row(title, "[bold]whole run[/bold] (build + steps)", "", f"{seconds:.2f}")
+        table.add_row(title, "[bold]whole[/bold]", "", f"{seconds:.2f}")
     Console(width=120).print(table)
     out = Path(__file__).parent / "results" / "local_pipeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,16 +23,19 @@ def run_demo(home: Path, quiet: bool = True) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.local import LocalRegistry, run_governed
+    from pipelines.local import LocalRegistry, run_governed, stage_governed
 
     console = Console() if sys.stdout.isatty() else Console(width=120)
     home = Path(home).resolve()
+    definition = stage_governed(home)  # one build for the three runs: only their parameters differ
     results = []
     for number, (title, params) in enumerate(PATHS, start=1):
         shown = " ".join(f"--param {k}={v}" for k, v in params.items()) or "(defaults)"
         console.rule(f"[bold]{number}. {title}[/bold]  {shown}")
         with console.status(f"running the governed pipeline ({title})…"):
-            execution = run_governed(home, params, quiet=quiet, echo=lambda line: console.print(line, highlight=False))
+            execution = run_governed(
+                home, params, definition=definition, quiet=quiet, echo=lambda line: console.print(line, highlight=False)
+            )
         results.append((title, execution))  # a failure's message was printed with its step
 
     table = Table(title="flops-meter demo: the governed pipeline on one machine", show_lines=True)

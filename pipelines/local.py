@@ -591,26 +591,34 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_governed(
-    home: Path,
-    overrides: dict[str, str] | None = None,
-    *,
-    config_path: str | None = None,
-    run_dir: Path | None = None,
-    quiet: bool = False,
-    echo: Callable[[str], None] | None = None,
-) -> Execution:
-    """Build the governed pipeline for this machine (audit store under home), stage its code, run it."""
+def stage_governed(home: Path, config_path: str | None = None) -> dict[str, Any]:
+    """The governed definition for this machine (audit store under home), its code staged where it points."""
     from pipelines.config import PipelineConfig
     from pipelines.governed import build
 
     home = Path(home).resolve()
     config = PipelineConfig.load(config_path, audit_store_uri=f"file://{home / 'audit'}")
     governed = build(config)
-    runner = LocalRunner(home, echo=echo, quiet=quiet)
+    objects = LocalObjects(home / "objects")
     for key_prefix, artifact in governed.artifacts.items():  # what `upload-code` puts in S3
-        artifact.write(runner.objects.root / config.bucket / key_prefix)
-    return runner.run(json.loads(governed.definition), overrides, run_dir)
+        artifact.write(objects.root / config.bucket / key_prefix)
+    return json.loads(governed.definition)
+
+
+def run_governed(
+    home: Path,
+    overrides: dict[str, str] | None = None,
+    *,
+    config_path: str | None = None,
+    definition: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> Execution:
+    """Run the governed pipeline here; ``definition`` (from stage_governed) saves rebuilding it for each run."""
+    home = Path(home).resolve()
+    definition = definition if definition is not None else stage_governed(home, config_path)
+    return LocalRunner(home, echo=echo, quiet=quiet).run(definition, overrides, run_dir)
 
 
 def load_execution(run: str | Path, home: Path) -> dict[str, Any]:
