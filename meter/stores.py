@@ -4,7 +4,11 @@
                                 embedded default for one machine.
 ``s3://BUCKET/PREFIX?table=T``  records in S3 with Object Lock COMPLIANCE retention and SHA-256 checksums, written
                                 with ``IfNoneMatch="*"``; a DynamoDB ledger (key: lineage, sequence) written with
-                                conditional transactions. Options: ``region=``, ``retention_days=`` (default 3650).
+                                conditional transactions. Options: ``region=``, ``retention_days=`` (default 3650:
+                                each record carries its own retain-until date; the writer needs
+                                s3:PutObjectRetention) or ``retention=bucket`` (records take the bucket's default
+                                COMPLIANCE retention, checked before the first write; the writer needs no right
+                                over retention — what the CDK app deploys).
 
 Publishing a run a second time is a no-op when its content is identical (an idempotent retry) and an error when
 it differs. Concurrent publishers of one lineage race for the next sequence number; the loser rebuilds its
@@ -58,10 +62,16 @@ def open_store(uri: str | None = None) -> AuditStore:
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if not parsed.netloc or "table" not in query:
             raise MeterError(f"audit store {uri!r}: use s3://BUCKET/PREFIX?table=LEDGER_TABLE")
-        days = query.get("retention_days", "3650")
-        if not days.isdigit() or int(days) <= 0:
-            raise MeterError(f"audit store {uri!r}: retention_days must be a positive integer")
-        return S3Store(parsed.netloc, parsed.path.strip("/"), query["table"], query.get("region"), int(days))
+        if "retention" in query:
+            if query["retention"] != "bucket" or "retention_days" in query:
+                raise MeterError(f"audit store {uri!r}: use retention=bucket or retention_days=N, not both")
+            days = None
+        else:
+            days = query.get("retention_days", "3650")
+            if not days.isdigit() or int(days) <= 0:
+                raise MeterError(f"audit store {uri!r}: retention_days must be a positive integer")
+            days = int(days)
+        return S3Store(parsed.netloc, parsed.path.strip("/"), query["table"], query.get("region"), days)
     raise MeterError(f"audit store {uri!r}: use file://DIR or s3://BUCKET/PREFIX?table=NAME")
 
 
@@ -190,7 +200,7 @@ class FileStore:
 class S3Store:
     """S3 Object Lock (COMPLIANCE) for the records, DynamoDB for the ledger. Needs boto3."""
 
-    def __init__(self, bucket: str, prefix: str, table: str, region: str | None, retention_days: int):
+    def __init__(self, bucket: str, prefix: str, table: str, region: str | None, retention_days: int | None):
         try:
             import boto3
             from botocore.config import Config
@@ -198,6 +208,7 @@ class S3Store:
             raise MeterError("the S3 audit store needs boto3: pip install 'flops-meter[pipeline]'") from None
         self.bucket, self.prefix, self.table, self.retention_days = bucket, prefix, table, retention_days
         self.uri = f"s3://{bucket}/{prefix}?table={table}"
+        self._bucket_lock_checked = False
         config = Config(retries={"max_attempts": 5, "mode": "standard"})
         session = boto3.session.Session(region_name=region)
         self.s3 = session.client("s3", config=config)
@@ -266,7 +277,12 @@ class S3Store:
     def _put_object(self, sha: str, body: bytes) -> None:
         from botocore.exceptions import ClientError
 
-        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention_days)
+        if self.retention_days is None:
+            self._check_bucket_lock()
+            lock = {}
+        else:
+            until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention_days)
+            lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
         try:
             self._call(
                 self.s3.put_object,
@@ -276,8 +292,7 @@ class S3Store:
                 ContentType="application/json",
                 ChecksumAlgorithm="SHA256",
                 IfNoneMatch="*",
-                ObjectLockMode="COMPLIANCE",
-                ObjectLockRetainUntilDate=until,
+                **lock,
             )
         except ClientError as e:
             code = e.response["Error"]["Code"]
@@ -286,6 +301,28 @@ class S3Store:
                     raise MeterError(f"s3://{self.bucket}/{self.key(sha)} exists with different content") from None
                 return
             raise MeterError(f"audit bucket {self.bucket}: {code}: {e.response['Error'].get('Message', '')}") from None
+
+    def _check_bucket_lock(self) -> None:
+        """retention=bucket: refuse to write a record that the bucket would not lock."""
+        from botocore.exceptions import ClientError
+
+        if self._bucket_lock_checked:
+            return
+        try:
+            config = self._call(self.s3.get_object_lock_configuration, Bucket=self.bucket)["ObjectLockConfiguration"]
+        except ClientError as e:
+            code = e.response["Error"]["Code"]
+            if code != "ObjectLockConfigurationNotFoundError":
+                message = e.response["Error"].get("Message", "")
+                raise MeterError(f"audit bucket {self.bucket}: {code}: {message}") from None
+            config = {}
+        mode = config.get("Rule", {}).get("DefaultRetention", {}).get("Mode")
+        if config.get("ObjectLockEnabled") != "Enabled" or mode != "COMPLIANCE":
+            raise MeterError(
+                f"audit bucket {self.bucket} has no default Object Lock retention in COMPLIANCE mode (found "
+                f"{mode or 'none'}): records would not be locked; set one on the bucket, or use retention_days=N"
+            )
+        self._bucket_lock_checked = True
 
     def _head(self, lineage: str) -> tuple[int, str | None]:
         out = self._call(

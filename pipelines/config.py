@@ -34,6 +34,9 @@ class PipelineConfig:
     bucket: str = "flops-meter-artifacts"
     prefix: str = "flops-meter"
     role_arn: str = "arn:aws:iam::111122223333:role/flops-meter-execution"
+    # step roles; empty: role_arn. The CDK app gives each step only what it needs (role_arn: the analysis steps)
+    training_role_arn: str = ""
+    audit_role_arn: str = ""
     audit_store_uri: str = "s3://flops-meter-audit/records?table=flops-meter-ledger"
     training_image: str = DEFAULT_IMAGE
     processing_image: str = DEFAULT_IMAGE
@@ -73,6 +76,10 @@ class PipelineConfig:
             if not getattr(config, name):
                 raise MeterError(f"pipeline setting {name} is empty: set it in the config file")
         return config
+
+    def role(self, step: str) -> str:
+        """The role a step's job runs as: "training", "audit", or the analysis steps' role_arn."""
+        return {"training": self.training_role_arn, "audit": self.audit_role_arn}.get(step) or self.role_arn
 
     def image(self, kind: str) -> str:
         return getattr(self, f"{kind}_image").format(region=self.region)

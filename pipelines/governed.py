@@ -192,7 +192,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         # ModelTrainer wants a local source_dir, read again when the definition is rendered: keep it until then
         staged = stack.enter_context(StagedDir(bundle))
         train = train_with_meter_step(
-            StepContext(**{**ctx.__dict__, "image_uri": config.image("training")}),
+            StepContext(**{**ctx.__dict__, "image_uri": config.image("training"), "role": config.role("training")}),
             recipe_uri=p["RecipeS3Uri"],
             dataset_uri=p["DatasetS3Uri"],
             source_dir=str(staged.path),
@@ -206,7 +206,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
         classify = classify_compliance_step(ctx, model_artifacts=model_artifacts, **common)
         publish = publish_audit_step(
-            ctx,
+            StepContext(**{**ctx.__dict__, "role": config.role("audit")}),
             model_artifacts=model_artifacts,
             compliance_uri=output_uri(classify, "compliance"),
             dataset_uri=p["DatasetS3Uri"],

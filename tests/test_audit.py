@@ -186,3 +186,38 @@ def test_bad_store_uris(tmp_path) -> None:
         open_store("ftp://x")
     with pytest.raises(MeterError, match="retention_days"):
         open_store("s3://b/p?table=t&retention_days=-1")
+
+
+def test_s3_store_can_rely_on_the_buckets_default_retention(moto_endpoint) -> None:
+    """retention=bucket: no lock headers (the writer needs no s3:PutObjectRetention); an unlocked bucket is refused."""
+    import boto3
+
+    s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
+    locked, unlocked, table = (f"{n}-{uuid.uuid4().hex[:10]}" for n in ("locked", "unlocked", "ledger"))
+    where = {"CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}}
+    s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True, **where)
+    s3.put_object_lock_configuration(
+        Bucket=locked,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}},
+        },
+    )
+    s3.create_bucket(Bucket=unlocked, **where)
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "lineage", "KeyType": "HASH"}, {"AttributeName": "sequence", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "lineage", "AttributeType": "S"},
+            {"AttributeName": "sequence", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    store = open_store(f"s3://{locked}/records?table={table}&retention=bucket")
+    record = store.publish(draft(10**22, "L-bucket")).record
+    head = s3.head_object(Bucket=locked, Key=store.key(record["record_sha256"]))
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    with pytest.raises(MeterError, match=f"audit bucket {unlocked} has no default Object Lock retention"):
+        open_store(f"s3://{unlocked}/records?table={table}&retention=bucket").publish(draft(10**22, "L-other"))
+    with pytest.raises(MeterError, match="not both"):
+        open_store(f"s3://{locked}/records?table={table}&retention=bucket&retention_days=3")
