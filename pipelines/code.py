@@ -103,7 +103,7 @@ class StagedDir:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _marker(artifact: Artifact, prefix: str) -> str:
+def marker_key(artifact: Artifact, prefix: str) -> str:
     # outside the prefix (an S3Prefix input downloads every key that starts with it); written last, so a partial
     # upload is never taken for a complete one
     return "/".join(p.strip("/") for p in (prefix, f"{artifact.name}-complete", artifact.sha256) if p)
@@ -112,7 +112,7 @@ def _marker(artifact: Artifact, prefix: str) -> str:
 def uploaded(artifact: Artifact, s3, bucket: str, prefix: str) -> bool:
     """Whether the artifact is completely at its content address."""
     try:
-        s3.head_object(Bucket=bucket, Key=_marker(artifact, prefix))
+        s3.head_object(Bucket=bucket, Key=marker_key(artifact, prefix))
         return True
     except s3.exceptions.ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -123,7 +123,7 @@ def uploaded(artifact: Artifact, s3, bucket: str, prefix: str) -> bool:
 def upload(artifact: Artifact, s3, bucket: str, prefix: str, *, kms_key_id: str = "") -> tuple[str, int]:
     """Put the artifact's files under its content address; returns (s3 uri, files written). Idempotent."""
     key_prefix = artifact.key_prefix(prefix)
-    marker = _marker(artifact, prefix)
+    marker = marker_key(artifact, prefix)
     if uploaded(artifact, s3, bucket, prefix):
         return f"s3://{bucket}/{key_prefix}", 0
     extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}

@@ -43,6 +43,8 @@ PARAMETERS: dict[str, tuple[str, Any, str]] = {
     ),
 }
 BOOLEAN = ("OriginalIsSystemicRisk", "AllowPlannedCrossing")
+# The Fail steps that stop a model on the way to the registry (the approval workflow watches for them)
+PLAN_CROSSES, REGISTRATION_BLOCKED = "PlanCrossesThreshold", "RegistrationBlocked"
 
 
 @dataclass
@@ -232,7 +234,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             description="Registers the fine-tuned model for manual approval, with its compute verdict",
         )
         blocked = FailStep(
-            name="RegistrationBlocked",
+            name=REGISTRATION_BLOCKED,
             error_message=Join(
                 on="",
                 values=[
@@ -260,7 +262,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             description="Registers only when the threshold was not crossed",
         )
         plan_crosses = FailStep(
-            name="PlanCrossesThreshold",
+            name=PLAN_CROSSES,
             error_message=Join(
                 on="",
                 values=[

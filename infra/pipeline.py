@@ -1,0 +1,189 @@
+"""The governed pipeline as CloudFormation: the definition `pipelines/` builds, its code as CDK assets.
+
+The definition is built once, offline, with placeholder names; each placeholder is then replaced by the CDK token
+of the resource it stands for (a bucket name, a role ARN …). CloudFormation fills the real values in at deploy
+time, so the deployed body is exactly ``pipelines.governed.definition(config)`` for the deployed names — the tests
+check this by resolving the template.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_s3_deployment as s3deploy
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+
+from pipelines.code import Artifact, marker_key
+from pipelines.config import PipelineConfig
+
+# What a deployer may set; the names, roles, key and audit store come from the stack.
+SETTINGS = ("training_image", "processing_image", "inference_image", "processing_instance_type", "max_runtime_seconds")
+
+# Stand-ins while the definition is built: valid for the SDK's checks, and found nowhere else in a definition.
+PLACEHOLDERS = {
+    "region": "zz-flopsmeter-1",
+    "bucket": "flops-meter-placeholder-artifacts",
+    "role_arn": "arn:aws:iam::000000000000:role/flops-meter-placeholder-analysis",
+    "training_role_arn": "arn:aws:iam::000000000000:role/flops-meter-placeholder-training",
+    "audit_role_arn": "arn:aws:iam::000000000000:role/flops-meter-placeholder-audit",
+    "kms_key_id": "arn:aws:kms:zz-flopsmeter-1:000000000000:key/flops-meter-placeholder-key",
+    "audit_bucket": "flops-meter-placeholder-audit",
+    "ledger_table": "flops-meter-placeholder-ledger",
+}
+
+
+def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The deployer's pipeline settings, checked the way PipelineConfig checks a config file."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"pipeline setting(s) {', '.join(unknown)} cannot be set here (the stack provides names, roles, key "
+            f"and audit store): use {', '.join(SETTINGS)}"
+        )
+    PipelineConfig.load(**settings)  # types
+    return dict(settings)
+
+
+def audit_store_uri(audit_bucket: str, prefix: str, table: str, region: str) -> str:
+    # retention=bucket: records take the bucket's default COMPLIANCE retention; the audit role needs no
+    # s3:PutObjectRetention
+    return f"s3://{audit_bucket}/{prefix}?table={table}&region={region}&retention=bucket"
+
+
+def deployed_config(
+    settings: Mapping[str, Any],
+    *,
+    pipeline_name: str,
+    prefix: str,
+    model_package_group: str,
+    audit_prefix: str,
+    values: Mapping[str, str],
+) -> PipelineConfig:
+    """The PipelineConfig of a deployment, for given values of the PLACEHOLDERS keys (placeholders or real)."""
+    return PipelineConfig.load(
+        **settings,
+        pipeline_name=pipeline_name,
+        region=values["region"],
+        bucket=values["bucket"],
+        prefix=prefix,
+        role_arn=values["role_arn"],
+        training_role_arn=values["training_role_arn"],
+        audit_role_arn=values["audit_role_arn"],
+        kms_key_id=values["kms_key_id"],
+        audit_store_uri=audit_store_uri(values["audit_bucket"], audit_prefix, values["ledger_table"], values["region"]),
+        model_package_group=model_package_group,
+    )
+
+
+def tokenized(definition: str, tokens: Mapping[str, str]) -> str:
+    """Replace each placeholder by its CDK token; refuse if a placeholder survives in another form."""
+    for name in sorted(PLACEHOLDERS, key=lambda n: -len(PLACEHOLDERS[n])):  # longest first: no partial overlaps
+        definition = definition.replace(PLACEHOLDERS[name], tokens[name])
+    leftover = [n for n, v in PLACEHOLDERS.items() if v in definition] + (
+        ["account"] if "000000000000" in definition else []
+    )
+    if leftover:
+        raise RuntimeError(f"pipeline definition still holds placeholder(s) {leftover}: it cannot be deployed")
+    return definition
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _stage(artifacts: Mapping[str, Artifact], prefix: str) -> Path:
+    """The artifacts as files under their content addresses (relative to prefix), plus completion markers."""
+    root = Path(tempfile.mkdtemp(prefix="flops-meter-cdk-"))
+    atexit.register(shutil.rmtree, root, True)  # the CDK copies assets into the cloud assembly at construction
+    strip = len(prefix.strip("/")) + 1 if prefix else 0
+    for key_prefix, artifact in sorted(artifacts.items()):
+        artifact.write(root / key_prefix[strip:])
+        marker = root / marker_key(artifact, prefix)[strip:]
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(artifact.sha256)
+    return root
+
+
+def code_deployment(
+    scope: Construct, artifacts: Mapping[str, Artifact], bucket: s3.IBucket, prefix: str, key: kms.IKey
+) -> tuple[s3deploy.BucketDeployment, iam.Role]:
+    """Unpacks the code bundle, the SDK's driver files and the demo inputs at the addresses the definition names.
+
+    The copying function gets a role written out here: the deployment construct's own grants would add wildcard
+    actions (s3:GetObject*, kms:GenerateDataKey*), so it receives the role without policy updates.
+    """
+    asset = s3_assets.Asset(scope, "CodeAsset", path=str(_stage(artifacts, prefix)))
+    log_group = logs.LogGroup(scope, "CodeDeploymentLogs", retention=logs.RetentionDays.ONE_YEAR)
+    role = iam.Role(
+        scope,
+        "CodeDeploymentRole",
+        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+        description="flops-meter: copies the pipeline's code and demo inputs into the artifacts bucket",
+        inline_policies={
+            "least-privilege": iam.PolicyDocument(
+                statements=[
+                    iam.PolicyStatement(
+                        actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)]
+                    ),
+                    iam.PolicyStatement(
+                        actions=["s3:ListBucket"],
+                        resources=[bucket.bucket_arn],
+                        conditions={"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
+                    ),
+                    iam.PolicyStatement(actions=["s3:PutObject"], resources=[bucket.arn_for_objects(f"{prefix}/*")]),
+                    iam.PolicyStatement(
+                        actions=["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+                    ),
+                    iam.PolicyStatement(
+                        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn]
+                    ),
+                ]
+            )
+        },
+    )
+    deployment = s3deploy.BucketDeployment(
+        scope,
+        "CodeDeployment",
+        sources=[s3deploy.Source.bucket(asset.bucket, asset.s3_object_key)],
+        destination_bucket=bucket,
+        destination_key_prefix=prefix,
+        prune=False,  # content-addressed: earlier versions stay for the executions that ran them
+        retain_on_delete=True,
+        role=role.without_policy_updates(),
+        log_group=log_group,
+        memory_limit=512,
+    )
+    return deployment, role
+
+
+def model_package_group(scope: Construct, name: str) -> sagemaker.CfnModelPackageGroup:
+    return sagemaker.CfnModelPackageGroup(
+        scope,
+        "ModelPackageGroup",
+        model_package_group_name=name,
+        model_package_group_description="Fine-tuned models registered by the flops-meter governed pipeline",
+    )
+
+
+def cfn_pipeline(
+    scope: Construct, name: str, definition: str, role: iam.IRole, description: str
+) -> sagemaker.CfnPipeline:
+    # a raw dict: the typed PipelineDefinitionProperty emits a wrong lower-case key (aws-cdk#25774)
+    return sagemaker.CfnPipeline(
+        scope,
+        "Pipeline",
+        pipeline_name=name,
+        pipeline_description=description,
+        role_arn=role.role_arn,
+        pipeline_definition={"PipelineDefinitionBody": definition},
+    )

@@ -1,0 +1,107 @@
+"""Where the pipeline keeps things: the key, the buckets and the audit ledger, each secure by default.
+
+Everything that holds data is retained when the stack is deleted: the audit bucket (Object Lock would refuse the
+deletion anyway), the ledger (deletion protection), the key (without it the records cannot be read), the access
+logs and the artifacts (models of blocked runs wait there for a decision).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+
+def encryption_key(scope: Construct, alias: str) -> kms.Key:
+    """Customer-managed, rotated yearly; kept on stack deletion because the audit records need it to be read."""
+    return kms.Key(
+        scope,
+        "Key",
+        alias=alias,
+        description="flops-meter: artifacts, audit records, ledger and approval notifications",
+        enable_key_rotation=True,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+
+
+def log_bucket(scope: Construct) -> s3.Bucket:
+    """Server access logs of the other buckets. S3 log delivery cannot write SSE-KMS objects: SSE-S3 here."""
+    return s3.Bucket(
+        scope,
+        "AccessLogs",
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        enforce_ssl=True,
+        versioned=True,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+
+
+def _bucket(scope: Construct, id: str, key: kms.IKey, logs: s3.IBucket, **extra) -> s3.Bucket:
+    return s3.Bucket(
+        scope,
+        id,
+        encryption=s3.BucketEncryption.KMS,
+        encryption_key=key,
+        bucket_key_enabled=True,  # one KMS call per bucket key, not per object: cheaper, same key
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        enforce_ssl=True,
+        versioned=True,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        server_access_logs_bucket=logs,
+        server_access_logs_prefix=f"{id.lower()}/",
+        **extra,
+    )
+
+
+def artifacts_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket) -> s3.Bucket:
+    """Code, inputs, step outputs and model artifacts (also those of blocked runs, which approval may register)."""
+    return _bucket(scope, "Artifacts", key, logs, removal_policy=RemovalPolicy.RETAIN)
+
+
+def audit_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket, retention: Duration) -> s3.Bucket:
+    """Audit records under Object Lock COMPLIANCE: no one, the root user included, can delete or overwrite a
+    record version or shorten its retention before it ends."""
+    bucket = _bucket(
+        scope,
+        "Audit",
+        key,
+        logs,
+        object_lock_enabled=True,
+        object_lock_default_retention=s3.ObjectLockRetention.compliance(retention),
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    # Object Lock keeps every version; this also keeps the current view: no delete markers over records.
+    bucket.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="DenyRecordDeletion",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+            resources=[bucket.arn_for_objects("*")],
+        )
+    )
+    return bucket
+
+
+def ledger_table(scope: Construct, key: kms.IKey, table_name: str | None) -> dynamodb.Table:
+    """The audit ledger as meter.stores.S3Store writes it: (lineage, sequence), conditional appends."""
+    return dynamodb.Table(
+        scope,
+        "Ledger",
+        table_name=table_name,
+        partition_key=dynamodb.Attribute(name="lineage", type=dynamodb.AttributeType.STRING),
+        sort_key=dynamodb.Attribute(name="sequence", type=dynamodb.AttributeType.NUMBER),
+        billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+        encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,
+        encryption_key=key,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True
+        ),
+        deletion_protection=True,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
