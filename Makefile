@@ -5,7 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean browser
+# The CDK CLI that reads aws-cdk-lib 2.275's cloud assembly (aws-cdk@latest, 3.x, does not); run with npx.
+CDK_CLI ?= aws-cdk@2.1148.1
+CDK := PATH="$(CURDIR)/$(BIN):$$PATH" CDK_DISABLE_CLI_TELEMETRY=true npx --yes $(CDK_CLI)
+
+.PHONY: demo test lint bench clean browser synth deploy destroy
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,8 +36,18 @@ test: $(STAMP) browser
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
+# The governed pipeline's stack (infra/app.py): offline synth, and deploy/destroy with your AWS credentials.
+synth: $(STAMP)
+	$(CDK) synth --quiet
+
+deploy: $(STAMP)
+	$(CDK) deploy
+
+destroy: $(STAMP)
+	$(CDK) destroy
+
 bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info cdk.out

@@ -81,10 +81,14 @@ def build(app=None, *, nag: bool = True):
 
 
 def main() -> int:
+    import aws_cdk as cdk
+
     from meter.errors import MeterError
 
     try:
-        app, _, _ = build()
+        # under `cdk synth` the CLI names the output directory (CDK_OUTDIR); run directly, write ./cdk.out
+        outdir = None if os.environ.get("CDK_OUTDIR") else str(ROOT / "cdk.out")
+        app, _, _ = build(cdk.App(context=cdk_json_context(), outdir=outdir))
         app.synth()
     except (ValueError, MeterError) as e:
         print(f"infra/app.py: {e}", file=sys.stderr)

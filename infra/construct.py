@@ -74,8 +74,9 @@ class GovernedFineTuningPipeline(Construct):
         for email in approver_emails:
             _check("approver e-mail", email, _EMAIL, "give addresses like compliance@example.com")
         retention = audit_retention or Duration.days(3650)
-        if Token.is_unresolved(retention.to_days()) or retention.to_days() < 1:
-            raise ValueError("audit_retention must be a fixed duration of at least one day")
+        days = retention.to_days(integral=False)
+        if Token.is_unresolved(days) or days < 1 or days != int(days):
+            raise ValueError(f"audit_retention {retention} must be a whole number of days, at least one")
         settings = pipeline.check_settings(pipeline_settings or {})
 
         # storage

@@ -1,0 +1,140 @@
+"""The construct's props, the app's context and the two offline synth paths (`python3 infra/app.py`, `cdk synth`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("aws_cdk") is None or importlib.util.find_spec("sagemaker") is None,
+    reason="needs the infra and pipeline extras",
+)
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("CDK_VALIDATION", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE = {  # no credentials: synth must not need any
+    k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("CDK_OUTDIR", "CDK_CONTEXT_JSON")
+} | {"AWS_EC2_METADATA_DISABLED": "true", "CDK_DISABLE_CLI_TELEMETRY": "true", "CDK_DISABLE_VERSION_CHECK": "1"}
+
+
+def new_stack():
+    import aws_cdk as cdk
+
+    from infra.app import cdk_json_context
+
+    app = cdk.App(context=cdk_json_context())
+    return app, cdk.Stack(app, "Props")
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"approver_emails": ["compliance at example.com"]}, "approver e-mail 'compliance at example.com'"),
+        ({"pipeline_name": "my pipeline"}, "pipeline_name 'my pipeline' is not valid"),
+        ({"model_package_group_name": "x" * 64}, "model_package_group_name"),
+        ({"prefix": "a/b"}, "prefix 'a/b' is not valid"),
+        ({"pipeline_settings": {"bucket": "mine"}}, "pipeline setting\\(s\\) bucket cannot be set here"),
+        ({"pipeline_settings": {"max_runtime_seconds": "1h"}}, "max_runtime_seconds must be a int"),
+        ({"pipeline_settings": {"training_image": "docker.io/me/img:1"}}, "not an ECR image URI"),
+    ],
+)
+def test_bad_props_fail_before_anything_is_built(props, message) -> None:
+    from infra.construct import GovernedFineTuningPipeline
+
+    _, stack = new_stack()
+    with pytest.raises(ValueError, match=message):
+        GovernedFineTuningPipeline(stack, "G", **props)
+
+
+def test_retention_and_settings_reach_the_template() -> None:
+    import aws_cdk as cdk
+    from aws_cdk import assertions
+
+    from infra.construct import GovernedFineTuningPipeline
+
+    _, stack = new_stack()
+    with pytest.raises(ValueError, match="audit_retention"):
+        GovernedFineTuningPipeline(stack, "Bad", audit_retention=cdk.Duration.hours(1))
+    g = GovernedFineTuningPipeline(
+        stack,
+        "G",
+        pipeline_name="team-a-governed",
+        audit_retention=cdk.Duration.days(400),
+        pipeline_settings={"processing_instance_type": "ml.c5.xlarge"},
+    )
+    t = assertions.Template.from_stack(stack)
+    t.has_resource_properties(
+        "AWS::S3::Bucket",
+        {"ObjectLockConfiguration": {"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {
+            "Mode": "COMPLIANCE", "Days": 400}}}},
+    )  # fmt: skip
+    (pipeline,) = t.find_resources("AWS::SageMaker::Pipeline").values()
+    assert pipeline["Properties"]["PipelineName"] == "team-a-governed"
+    body = json.dumps(pipeline["Properties"]["PipelineDefinition"])
+    assert body.count("ml.c5.xlarge") == 3  # EstimateFLOPs, ClassifyCompliance, PublishAudit
+    assert g.names["pipeline_name"] == "team-a-governed"
+
+
+def test_cdk_nag_fails_the_synth_on_an_unacknowledged_finding(tmp_path) -> None:
+    import aws_cdk as cdk
+    from aws_cdk import aws_iam as iam
+
+    from infra.app import build, cdk_json_context
+
+    app, _, governed = build(cdk.App(context=cdk_json_context(), outdir=str(tmp_path)))
+    governed.training_role.add_to_policy(iam.PolicyStatement(actions=["s3:*"], resources=["*"]))
+    with pytest.raises(Exception, match=r"ValidationFailed|Validation failed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    (nag,) = report["pluginReports"]
+    assert nag["conclusion"] == "failure"
+    assert any("Action::s3:*" in v["ruleName"] for v in nag["violations"])
+
+
+def test_python_infra_app_synthesizes_offline(tmp_path) -> None:
+    env = OFFLINE | {"CDK_OUTDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "infra/app.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    template = json.loads((tmp_path / "FlopsMeterGovernance.template.json").read_text())
+    assert "Node 20 is end-of-life" not in run.stderr
+    types = {r["Type"] for r in template["Resources"].values()}
+    assert {"AWS::SageMaker::Pipeline", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::KMS::Key"} <= types
+
+    bad = env | {"CDK_CONTEXT_JSON": json.dumps({"flops-meter:approverEmails": "not-an-address"})}
+    run = subprocess.run([sys.executable, "infra/app.py"], cwd=ROOT, env=bad, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "infra/app.py: approver e-mail 'not-an-address' is not valid: give addresses like compliance@example.com"
+    ]
+
+
+def cdk_cli() -> str:
+    """The pinned CDK CLI of the Makefile (one that reads this aws-cdk-lib's cloud assembly)."""
+    return re.search(r"^CDK_CLI \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+
+
+@pytest.mark.skipif(shutil.which("npx") is None, reason="needs Node.js (npx) for the CDK CLI")
+def test_cdk_synth_with_the_pinned_cli(tmp_path) -> None:
+    env = OFFLINE | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                     "CDK_HOME": str(tmp_path / "home")}  # fmt: skip
+    run = subprocess.run(
+        ["npx", "--yes", cdk_cli(), "synth", "--quiet", "--output", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if run.returncode != 0 and re.search(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ETIMEDOUT|ENETUNREACH", run.stderr):
+        pytest.skip(f"the npm registry is unreachable: {cdk_cli()} cannot be fetched")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "out" / "FlopsMeterGovernance.template.json").is_file()
