@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CDK_CLI ?= aws-cdk@2.1148.1
 CDK := PATH="$(CURDIR)/$(BIN):$$PATH" CDK_DISABLE_CLI_TELEMETRY=true npx --yes $(CDK_CLI)
 
-.PHONY: demo test lint bench clean browser synth deploy destroy
+.PHONY: demo test lint bench clean browser synth bootstrap deploy destroy
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,15 +36,19 @@ test: $(STAMP) browser
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
-# The governed pipeline's stack (infra/app.py): offline synth, and deploy/destroy with your AWS credentials.
+# The governed pipeline's stack (infra/app.py): offline synth, and bootstrap/deploy/destroy with your AWS
+# credentials. Pass CDK options with CDK_ARGS, e.g. make deploy CDK_ARGS="-c flops-meter:approverEmails=a@b.org".
+bootstrap: $(STAMP)
+	$(CDK) bootstrap $(CDK_ARGS)
+
 synth: $(STAMP)
-	$(CDK) synth --quiet
+	$(CDK) synth --quiet $(CDK_ARGS)
 
 deploy: $(STAMP)
-	$(CDK) deploy
+	$(CDK) deploy $(CDK_ARGS)
 
 destroy: $(STAMP)
-	$(CDK) destroy
+	$(CDK) destroy $(CDK_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aws_cdk import RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -167,12 +168,15 @@ def code_deployment(
 
 
 def model_package_group(scope: Construct, name: str) -> sagemaker.CfnModelPackageGroup:
-    return sagemaker.CfnModelPackageGroup(
+    """Retained on stack deletion: its packages carry the verdicts, and a group with packages cannot be deleted."""
+    group = sagemaker.CfnModelPackageGroup(
         scope,
         "ModelPackageGroup",
         model_package_group_name=name,
         model_package_group_description="Fine-tuned models registered by the flops-meter governed pipeline",
     )
+    group.apply_removal_policy(RemovalPolicy.RETAIN)
+    return group
 
 
 def cfn_pipeline(

@@ -360,7 +360,9 @@ def test_rules_watch_blocked_executions_and_model_packages(synth) -> None:
         (target,) = rules[logical_id(stack, rule)]["Properties"]["Targets"]
         assert target["Arn"] == {"Ref": logical_id(stack, g.topic)}
         assert "InputTransformer" in target
-    t.has_resource_properties("AWS::SageMaker::ModelPackageGroup", {"ModelPackageGroupName": "flops-meter-models"})
+    (group,) = resources(t, "AWS::SageMaker::ModelPackageGroup").values()
+    assert group["Properties"]["ModelPackageGroupName"] == "flops-meter-models"
+    assert group["DeletionPolicy"] == "Retain"  # registered models carry their verdicts
 
 
 def test_outputs(synth) -> None:
