@@ -30,7 +30,10 @@ from urllib.parse import parse_qs, urlparse
 from meter.audit import LedgerEntry, VerifyReport, canonical_json, content_hash, seal, verify_chain
 from meter.errors import MeterError
 
-DEFAULT_STORE = "file://./audit"
+# One local home for `pipeline run --local`, `audit` and `approvals`, so they work one after another from the same
+# directory with no flags; FLOPS_METER_STORE or --store point them all elsewhere.
+DEFAULT_HOME = "flops-meter-local"
+DEFAULT_STORE = f"file://./{DEFAULT_HOME}/audit"
 _RETRIES = 8
 
 

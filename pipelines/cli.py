@@ -43,6 +43,12 @@ def add_parser(sub) -> None:
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
     r.add_argument("--run-dir", metavar="DIR", help="where this run's steps and logs go (default under --home)")
     r.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
+    r.add_argument(
+        "--store",
+        metavar="URI",
+        help="audit store (default: FLOPS_METER_STORE, else HOME/audit, which `audit` and "
+        "`approvals` use by default too)",
+    )
     r.add_argument("--quiet", action="store_true", help="do not stream the steps' output (it stays in log.txt)")
     r.add_argument("--definition", metavar="FILE", help="run this definition JSON instead of the governed pipeline")
     dm = psub.add_parser("demo", help="the README's main command: three local runs of the governed pipeline")
@@ -204,7 +210,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         overrides = parse_params(args.param)
         execution = run_governed(
-            Path(args.home), overrides, config_path=args.config, run_dir=args.run_dir, quiet=args.quiet
+            Path(args.home),
+            overrides,
+            config_path=args.config,
+            store_uri=args.store,
+            run_dir=args.run_dir,
+            quiet=args.quiet,
         )
     from pipelines.local import load_execution
 

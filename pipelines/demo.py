@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def run_demo(home: Path, quiet: bool = True) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.local import LocalRegistry, run_governed, stage_governed
+    from meter.stores import DEFAULT_STORE
+    from pipelines.local import LocalRegistry, local_store_uri, run_governed, stage_governed
 
     console = Console() if sys.stdout.isatty() else Console(width=120)
     home = Path(home).resolve()
@@ -64,17 +66,20 @@ def run_demo(home: Path, quiet: bool = True) -> int:
         table.add_row(title, str(execution.exit_code), planned, ran, threshold, verdict, outcome)
     console.print(table)
 
-    store = f"file://{home / 'audit'}"
+    store = local_store_uri(home)
+    # the shared default (`audit`, `approvals` and `pipeline run --local` from this directory): no flag needed
+    shared = (os.environ.get("FLOPS_METER_STORE"), f"file://{Path(DEFAULT_STORE.removeprefix('file://')).resolve()}")
+    flag = "" if store in shared else f" --store {store}"
     packages = LocalRegistry(home / "registry.db").packages()
     console.print(f"audit store: {store}  (records and the SQLite ledger; lineages add up across runs)")
     console.print(f"model registry: {home / 'registry.db'}  ({len(packages)} package(s))")
     console.print(f"run directories: {home / 'runs'}")
     console.print("next:")
-    console.print(f"  flops-meter audit verify --store {store}")
+    console.print(f"  flops-meter audit verify{flag}")
     last = results[-1][1]
     sha = last.states["PublishAudit"].property_files.get("AuditReport", {}).get("record_sha256")
     if sha:
-        console.print(f"  flops-meter report {sha[:12]} --store {store} --out report.html")
+        console.print(f"  flops-meter report {sha[:12]}{flag} --out report.html")
     console.print(f"  flops-meter pipeline status {last.execution_id} --home {home}")
     console.print("  flops-meter pipeline definition > pipeline.json   # the same pipeline, for SageMaker")
     expected = [0, 1, 1]

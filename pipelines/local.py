@@ -591,13 +591,18 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def stage_governed(home: Path, config_path: str | None = None) -> dict[str, Any]:
-    """The governed definition for this machine (audit store under home), its code staged where it points."""
+def local_store_uri(home: Path, store_uri: str | None = None) -> str:
+    """The audit store of local runs: --store, else FLOPS_METER_STORE, else the home's audit/ (the shared default)."""
+    return store_uri or os.environ.get("FLOPS_METER_STORE") or f"file://{Path(home).resolve() / 'audit'}"
+
+
+def stage_governed(home: Path, config_path: str | None = None, store_uri: str | None = None) -> dict[str, Any]:
+    """The governed definition for this machine (its audit store: local_store_uri), its code staged where it points."""
     from pipelines.config import PipelineConfig
     from pipelines.governed import build
 
     home = Path(home).resolve()
-    config = PipelineConfig.load(config_path, audit_store_uri=f"file://{home / 'audit'}")
+    config = PipelineConfig.load(config_path, audit_store_uri=local_store_uri(home, store_uri))
     governed = build(config)
     objects = LocalObjects(home / "objects")
     for key_prefix, artifact in governed.artifacts.items():  # what `upload-code` puts in S3
@@ -610,6 +615,7 @@ def run_governed(
     overrides: dict[str, str] | None = None,
     *,
     config_path: str | None = None,
+    store_uri: str | None = None,
     definition: dict[str, Any] | None = None,
     run_dir: Path | None = None,
     quiet: bool = False,
@@ -617,7 +623,7 @@ def run_governed(
 ) -> Execution:
     """Run the governed pipeline here; ``definition`` (from stage_governed) saves rebuilding it for each run."""
     home = Path(home).resolve()
-    definition = definition if definition is not None else stage_governed(home, config_path)
+    definition = definition if definition is not None else stage_governed(home, config_path, store_uri)
     return LocalRunner(home, echo=echo, quiet=quiet).run(definition, overrides, run_dir)
 
 

@@ -222,3 +222,24 @@ def test_cli_run_exit_codes_and_status(tmp_path, capsys) -> None:
     assert cli(["pipeline", "status", "nope", "--home", str(home)]) == 2
     assert "no run nope" in capsys.readouterr().err
     assert cli(["pipeline", "run", "--local", "--definition", str(tmp_path / "missing.json")]) == 2
+
+
+def test_local_runs_and_the_audit_commands_share_one_default_store(demo, tmp_path, monkeypatch, capsys) -> None:
+    """From one directory, `pipeline run --local` writes where `audit` (and `approvals`) read, with no flags."""
+    import shutil
+
+    from meter.cli import main
+    from meter.stores import DEFAULT_HOME
+    from pipelines.local import local_store_uri
+
+    home = demo[0]
+    monkeypatch.delenv("FLOPS_METER_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert local_store_uri(Path(DEFAULT_HOME)) == f"file://{tmp_path / DEFAULT_HOME / 'audit'}"
+    shutil.copytree(home / "audit", tmp_path / DEFAULT_HOME / "audit")  # what the demo's runs wrote
+    assert open_store().root.resolve() == tmp_path / DEFAULT_HOME / "audit"
+    assert main(["audit", "verify"]) == 0
+    assert "2 record" in capsys.readouterr().out
+    monkeypatch.setenv("FLOPS_METER_STORE", "file://elsewhere")
+    assert local_store_uri(Path(DEFAULT_HOME)) == "file://elsewhere"
+    assert local_store_uri(Path(DEFAULT_HOME), "file://given") == "file://given"
