@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -52,6 +53,27 @@ class AuditStore(Protocol):
     def entries(self, lineage: str | None = None) -> list[LedgerEntry]: ...
     def get(self, sha: str) -> dict[str, Any]: ...
     def verify(self, lineage: str | None = None) -> VerifyReport: ...
+    def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]: ...
+    def get_document(self, kind: str, name: str) -> dict[str, Any] | None: ...
+    def documents(self, kind: str) -> list[dict[str, Any]]: ...
+
+
+class DocumentExists(MeterError):
+    """A write-once document is already there with other content (e.g. a second decision on one item)."""
+
+    def __init__(self, uri: str, existing: dict[str, Any]):
+        super().__init__(f"{uri} already exists with other content: documents are written once")
+        self.uri, self.existing = uri, existing
+
+
+DOCUMENT_KINDS = ("flagged", "decisions")  # approval workflow: flagged items and the decisions taken on them
+_DOCUMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _document_path(kind: str, name: str) -> str:
+    if kind not in DOCUMENT_KINDS or not _DOCUMENT_NAME.match(name):
+        raise MeterError(f"document {kind}/{name}: kind must be one of {DOCUMENT_KINDS}, name letters and digits")
+    return f"{kind}/{name}.json"
 
 
 def open_store(uri: str | None = None) -> AuditStore:
@@ -168,6 +190,29 @@ class FileStore:
             if path.read_bytes() != data:
                 raise MeterError(f"{path} exists with different content: the store has been altered") from None
 
+    def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]:
+        """Write once: (uri, True) when written, (uri, False) when identical content was there."""
+        rel = _document_path(kind, name)
+        path, uri, data = self.root / rel, f"{self.uri}/{rel}", canonical_json(doc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "xb") as f:  # exclusive create: of two concurrent writers, one wins
+                f.write(data)
+            os.chmod(path, 0o444)
+            return uri, True
+        except FileExistsError:
+            if path.read_bytes() != data:
+                raise DocumentExists(uri, json.loads(path.read_bytes())) from None
+            return uri, False
+
+    def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
+        path = self.root / _document_path(kind, name)
+        return json.loads(path.read_bytes()) if path.is_file() else None
+
+    def documents(self, kind: str) -> list[dict[str, Any]]:
+        _document_path(kind, "x")
+        return [json.loads(p.read_bytes()) for p in sorted((self.root / kind).glob("*.json"))]
+
     def lineage_flops(self, lineage: str) -> int:
         with self._db() as db:
             rows = db.execute("SELECT regulatory_flops FROM ledger WHERE lineage = ?", (lineage,)).fetchall()
@@ -277,26 +322,30 @@ class S3Store:
             {"Put": {"TableName": self.table, "Item": claim, "ConditionExpression": condition}},
         ]
 
-    def _put_object(self, sha: str, body: bytes) -> None:
-        from botocore.exceptions import ClientError
-
+    def _put_object_at(self, key: str, body: bytes) -> None:
+        """Create the object with the store's retention; a ClientError (412 included) is the caller's."""
         if self.retention_days is None:
             self._check_bucket_lock()
             lock = {}
         else:
             until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention_days)
             lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+        self._call(
+            self.s3.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            ChecksumAlgorithm="SHA256",
+            IfNoneMatch="*",
+            **lock,
+        )
+
+    def _put_object(self, sha: str, body: bytes) -> None:
+        from botocore.exceptions import ClientError
+
         try:
-            self._call(
-                self.s3.put_object,
-                Bucket=self.bucket,
-                Key=self.key(sha),
-                Body=body,
-                ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
-                IfNoneMatch="*",
-                **lock,
-            )
+            self._put_object_at(self.key(sha), body)
         except ClientError as e:
             code = e.response["Error"]["Code"]
             if code in ("PreconditionFailed", "412"):  # already there: content-addressed, so it must be equal
@@ -304,6 +353,37 @@ class S3Store:
                     raise MeterError(f"s3://{self.bucket}/{self.key(sha)} exists with different content") from None
                 return
             raise MeterError(f"audit bucket {self.bucket}: {code}: {e.response['Error'].get('Message', '')}") from None
+
+    def _doc_key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}/{_document_path(kind, name)}" if self.prefix else _document_path(kind, name)
+
+    def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]:
+        """Write once (IfNoneMatch, under the store's Object Lock retention like the records)."""
+        from botocore.exceptions import ClientError
+
+        key, body = self._doc_key(kind, name), canonical_json(doc)
+        uri = f"s3://{self.bucket}/{key}"
+        try:
+            self._put_object_at(key, body)
+            return uri, True
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
+                raise MeterError(f"audit bucket {self.bucket}: {e.response['Error']['Code']}") from None
+            existing = self._get_bytes(key)
+            if existing != body:
+                raise DocumentExists(uri, json.loads(existing or b"{}")) from None
+            return uri, False
+
+    def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
+        data = self._get_bytes(self._doc_key(kind, name))
+        return json.loads(data) if data is not None else None
+
+    def documents(self, kind: str) -> list[dict[str, Any]]:
+        prefix = self._doc_key(kind, "x")[: -len("x.json")]
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+        return [json.loads(self._get_bytes(k)) for k in sorted(keys)]
 
     def _check_bucket_lock(self) -> None:
         """retention=bucket: refuse to write a record that the bucket would not lock."""

@@ -221,3 +221,23 @@ def test_s3_store_can_rely_on_the_buckets_default_retention(moto_endpoint) -> No
         open_store(f"s3://{unlocked}/records?table={table}&retention=bucket").publish(draft(10**22, "L-other"))
     with pytest.raises(MeterError, match="not both"):
         open_store(f"s3://{locked}/records?table={table}&retention=bucket&retention_days=3")
+
+
+def test_documents_are_written_once(store) -> None:
+    """Flagged items and decisions: identical rewrite is a no-op, other content is refused, listing returns them."""
+    from meter.stores import DocumentExists
+
+    name = f"item-{uuid.uuid4().hex[:8]}"
+    uri, created = store.put_document("decisions", name, {"decision": "approved", "approver": "A"})
+    assert created and uri.endswith(f"decisions/{name}.json")
+    assert store.put_document("decisions", name, {"approver": "A", "decision": "approved"}) == (uri, False)
+    with pytest.raises(DocumentExists, match="already exists") as refused:
+        store.put_document("decisions", name, {"decision": "rejected", "approver": "B"})
+    assert refused.value.existing == {"decision": "approved", "approver": "A"}
+    assert store.get_document("decisions", name) == {"decision": "approved", "approver": "A"}
+    assert store.get_document("decisions", "absent") is None
+    assert {"decision": "approved", "approver": "A"} in store.documents("decisions")
+    with pytest.raises(MeterError, match="kind must be one of"):
+        store.put_document("records", name, {})
+    with pytest.raises(MeterError, match="kind must be one of"):
+        store.put_document("flagged", "../escape", {})
