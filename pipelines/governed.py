@@ -207,10 +207,13 @@ def build(config: PipelineConfig | None = None) -> Governed:
         )
         model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
         classify = classify_compliance_step(ctx, model_artifacts=model_artifacts, **common)
+        compliance_uri = output_uri(classify, "compliance")
         publish = publish_audit_step(
             StepContext(**{**ctx.__dict__, "role": config.role("audit")}),
             model_artifacts=model_artifacts,
-            compliance_uri=output_uri(classify, "compliance"),
+            compliance_uri=compliance_uri,
+            model_uri=model_artifacts,
+            report_uri=Join(on="/", values=[compliance_uri, "compliance.json"]),
             dataset_uri=p["DatasetS3Uri"],
             store_uri=config.audit_store_uri,
             container_image=config.image("training"),

@@ -267,6 +267,8 @@ def publish_audit_step(
     dataset_uri: Any = None,
     store_uri: Any = "",
     container_image: Any = "",
+    model_uri: Any = "",
+    report_uri: Any = "",
     name: str = "PublishAudit",
 ):
     """ProcessingStep: the record in the audit store, always; PropertyFile ``AuditReport`` (record URI, SHA-256)."""
@@ -280,6 +282,8 @@ def publish_audit_step(
             arg("store-uri", store_uri),
             arg("dataset-uri", dataset_uri if dataset_uri is not None else ""),
             arg("container-image", container_image),
+            arg("model-uri", model_uri),
+            arg("report-uri", report_uri),
         ],
         (AUDIT_FILE, "audit", "audit.json"),
         "Writes the run record and verdict to the append-only audit store",

@@ -1,7 +1,8 @@
 """PublishAudit — always: the run and its verdict become a record in the audit store (append-only, chained).
 
 Inputs (processing): ``run/`` (flops_meter.json or model.tar.gz), ``compliance/`` (compliance.json), optionally
-``dataset/`` (its files are hashed). Output: ``audit/audit.json`` with ``record_uri`` and ``record_sha256``.
+``dataset/`` (its files are hashed). Output: ``audit/audit.json`` with ``record_uri``, ``record_sha256`` and
+``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import hashlib
 import json
 
+from meter.flagged import flagged_item
 from meter.governance import publish
 from meter.stores import open_store
 from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
@@ -36,6 +38,8 @@ def main() -> int:
     p.add_argument("--revision", default="")
     p.add_argument("--git-commit", default="")
     p.add_argument("--container-image", default="")
+    p.add_argument("--model-uri", default="", help="the trained model artifact (named by a flagged item)")
+    p.add_argument("--report-uri", default="", help="where the compliance report is (named by a flagged item)")
     args = p.parse_args()
 
     run = read_run_record(processing_input("run"))
@@ -48,6 +52,10 @@ def main() -> int:
         store, run, compliance, revision=args.revision or None, dataset=dataset_identity(args.dataset_uri), code=code
     )
     record = published.record
+    # a verdict that needs a person's decision becomes a flagged item for the approval workflow
+    item = flagged_item(record, published.uri, model_uri=args.model_uri, report_uri=args.report_uri)
+    if item is not None:
+        store.put_document("flagged", item["id"], item)
     doc = {
         "record_uri": published.uri,
         "record_sha256": record["record_sha256"],
@@ -55,6 +63,7 @@ def main() -> int:
         "lineage": record["lineage"]["id"],
         "sequence": record["sequence"],
         "status": record["verdict"]["status"],
+        "flagged_item": item["id"] if item else "",
     }
     path = write_json(processing_output("audit") / "audit.json", doc)
     print(f"publish_audit: {'published' if published.created else 'already published'} {published.uri}; wrote {path}")

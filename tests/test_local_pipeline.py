@@ -93,6 +93,15 @@ def test_an_allowed_crossing_trains_publishes_and_is_blocked(demo) -> None:
     assert len(LocalRegistry(home / "registry.db").packages()) == 1  # only the first run was registered
     store = open_store(f"file://{home / 'audit'}")
     assert store.verify().ok and audit["sequence"] == 2
+    # the blocked run is flagged for a decision: its record, its report, the model that was not registered
+    (item,) = store.documents("flagged")
+    assert audit["flagged_item"] == item["id"] == audit["record_sha256"][:12]
+    assert item["verdict"] == compliance["status"] and item["blocked"] is True
+    assert item["record_sha256"] == audit["record_sha256"] and item["record_uri"] == audit["record_uri"]
+    model = crossing.states["TrainWithMeter"].properties["ModelArtifacts.S3ModelArtifacts"]
+    assert item["model_uri"] == model and model.endswith("model.tar.gz")
+    assert item["report_uri"].endswith("/compliance/compliance.json")
+    assert property_file(demo[1], "PublishAudit", "AuditReport")["flagged_item"] == ""  # below: nothing to decide
 
 
 def test_lora_counts_differently_with_the_same_verdict_logic(demo, tmp_path) -> None:
