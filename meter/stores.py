@@ -181,29 +181,30 @@ class FileStore:
             db.close()
 
     @staticmethod
-    def _write_once(path: Path, data: bytes) -> None:
+    def _create(path: Path, data: bytes) -> bytes | None:
+        """Exclusive create (of two concurrent writers, one wins): None when written, else what is there."""
         try:
-            with open(path, "xb") as f:  # exclusive create: never overwrite
+            with open(path, "xb") as f:
                 f.write(data)
             os.chmod(path, 0o444)
+            return None
         except FileExistsError:
-            if path.read_bytes() != data:
-                raise MeterError(f"{path} exists with different content: the store has been altered") from None
+            return path.read_bytes()
+
+    def _write_once(self, path: Path, data: bytes) -> None:
+        existing = self._create(path, data)
+        if existing is not None and existing != data:
+            raise MeterError(f"{path} exists with different content: the store has been altered")
 
     def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]:
         """Write once: (uri, True) when written, (uri, False) when identical content was there."""
         rel = _document_path(kind, name)
         path, uri, data = self.root / rel, f"{self.uri}/{rel}", canonical_json(doc)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(path, "xb") as f:  # exclusive create: of two concurrent writers, one wins
-                f.write(data)
-            os.chmod(path, 0o444)
-            return uri, True
-        except FileExistsError:
-            if path.read_bytes() != data:
-                raise DocumentExists(uri, json.loads(path.read_bytes())) from None
-            return uri, False
+        existing = self._create(path, data)
+        if existing is not None and existing != data:
+            raise DocumentExists(uri, json.loads(existing))
+        return uri, existing is None
 
     def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
         path = self.root / _document_path(kind, name)
@@ -322,57 +323,50 @@ class S3Store:
             {"Put": {"TableName": self.table, "Item": claim, "ConditionExpression": condition}},
         ]
 
-    def _put_object_at(self, key: str, body: bytes) -> None:
-        """Create the object with the store's retention; a ClientError (412 included) is the caller's."""
+    def _create(self, key: str, body: bytes) -> bytes | None:
+        """Create the object (IfNoneMatch) with the store's retention: None when written, else what is there."""
+        from botocore.exceptions import ClientError
+
         if self.retention_days is None:
             self._check_bucket_lock()
             lock = {}
         else:
             until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.retention_days)
             lock = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
-        self._call(
-            self.s3.put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=body,
-            ContentType="application/json",
-            ChecksumAlgorithm="SHA256",
-            IfNoneMatch="*",
-            **lock,
-        )
-
-    def _put_object(self, sha: str, body: bytes) -> None:
-        from botocore.exceptions import ClientError
-
         try:
-            self._put_object_at(self.key(sha), body)
+            self._call(
+                self.s3.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                IfNoneMatch="*",
+                **lock,
+            )
+            return None
         except ClientError as e:
             code = e.response["Error"]["Code"]
-            if code in ("PreconditionFailed", "412"):  # already there: content-addressed, so it must be equal
-                if self._get_bytes(self.key(sha)) != body:
-                    raise MeterError(f"s3://{self.bucket}/{self.key(sha)} exists with different content") from None
-                return
+            if code in ("PreconditionFailed", "412"):
+                return self._get_bytes(key) or b""
             raise MeterError(f"audit bucket {self.bucket}: {code}: {e.response['Error'].get('Message', '')}") from None
+
+    def _put_object(self, sha: str, body: bytes) -> None:
+        existing = self._create(self.key(sha), body)
+        if existing is not None and existing != body:  # content-addressed: what is there must be equal
+            raise MeterError(f"s3://{self.bucket}/{self.key(sha)} exists with different content")
 
     def _doc_key(self, kind: str, name: str) -> str:
         return f"{self.prefix}/{_document_path(kind, name)}" if self.prefix else _document_path(kind, name)
 
     def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]:
         """Write once (IfNoneMatch, under the store's Object Lock retention like the records)."""
-        from botocore.exceptions import ClientError
-
         key, body = self._doc_key(kind, name), canonical_json(doc)
         uri = f"s3://{self.bucket}/{key}"
-        try:
-            self._put_object_at(key, body)
-            return uri, True
-        except ClientError as e:
-            if e.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
-                raise MeterError(f"audit bucket {self.bucket}: {e.response['Error']['Code']}") from None
-            existing = self._get_bytes(key)
-            if existing != body:
-                raise DocumentExists(uri, json.loads(existing or b"{}")) from None
-            return uri, False
+        existing = self._create(key, body)
+        if existing is not None and existing != body:
+            raise DocumentExists(uri, json.loads(existing or b"{}"))
+        return uri, existing is None
 
     def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
         data = self._get_bytes(self._doc_key(kind, name))
