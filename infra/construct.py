@@ -22,7 +22,6 @@ from aws_cdk import Aws, CfnOutput, Duration, Stack, Token
 from constructs import Construct
 
 from infra import notifications, pipeline, roles, storage
-from pipelines.config import DEFAULT_IMAGE
 
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker pipeline and model package group names
 _PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,99}$")
@@ -77,7 +76,8 @@ class GovernedFineTuningPipeline(Construct):
         days = retention.to_days(integral=False)
         if Token.is_unresolved(days) or days < 1 or days != int(days):
             raise ValueError(f"audit_retention {retention} must be a whole number of days, at least one")
-        settings = pipeline.check_settings(pipeline_settings or {})
+        settings = dict(pipeline_settings or {})
+        defaults = pipeline.check_settings(settings)  # the images the pipeline runs: settings, else the defaults
 
         # storage
         self.key = storage.encryption_key(self, alias)
@@ -97,10 +97,7 @@ class GovernedFineTuningPipeline(Construct):
             audit=self.audit_bucket,
             audit_prefix=audit_prefix,
             ledger=self.ledger,
-            images=[
-                settings.get("training_image", DEFAULT_IMAGE),
-                settings.get("processing_image", DEFAULT_IMAGE),
-            ],
+            images=[defaults.training_image, defaults.processing_image],
             model_package_group=model_package_group_name,
         )
         self.analysis_role = roles.analysis_role(self, access)

@@ -69,12 +69,21 @@ def approvers_topic(scope: Construct, key: kms.Key, emails: Sequence[str]) -> sn
     return topic
 
 
+def _rule(
+    scope: Construct, id: str, description: str, pattern: events.EventPattern, topic: sns.ITopic, message: str
+) -> events.Rule:
+    rule = events.Rule(scope, id, description=description, event_pattern=pattern)
+    rule.add_target(TopicTarget(topic, events.RuleTargetInput.from_multiline_text(message)))
+    return rule
+
+
 def blocked_rule(scope: Construct, pipeline_arn: str, topic: sns.ITopic) -> events.Rule:
-    rule = events.Rule(
+    field = events.EventField.from_path
+    return _rule(
         scope,
         "BlockedRule",
-        description="flops-meter: an execution of the governed pipeline stopped a model at the threshold",
-        event_pattern=events.EventPattern(
+        "flops-meter: an execution of the governed pipeline stopped a model at the threshold",
+        events.EventPattern(
             source=["aws.sagemaker"],
             detail_type=[STEP_STATUS],
             detail={
@@ -83,37 +92,23 @@ def blocked_rule(scope: Construct, pipeline_arn: str, topic: sns.ITopic) -> even
                 "currentStepStatus": ["Failed"],
             },
         ),
+        topic,
+        f"flops-meter: a fine-tuning run was stopped at {field('$.detail.stepName')}.\n"
+        f"{field('$.detail.failureReason')}\n"
+        f"Execution: {field('$.detail.pipelineExecutionArn')}\n"
+        "Decide with: flops-meter approvals list --store <audit store URI in the stack outputs>",
     )
-    rule.add_target(
-        TopicTarget(
-            topic,
-            events.RuleTargetInput.from_multiline_text(
-                f"flops-meter: a fine-tuning run was stopped at {events.EventField.from_path('$.detail.stepName')}.\n"
-                f"{events.EventField.from_path('$.detail.failureReason')}\n"
-                f"Execution: {events.EventField.from_path('$.detail.pipelineExecutionArn')}\n"
-                "Decide with: flops-meter approvals list --store <audit store URI in the stack outputs>"
-            ),
-        )
-    )
-    return rule
 
 
 def package_rule(scope: Construct, group: str, topic: sns.ITopic) -> events.Rule:
-    rule = events.Rule(
+    field = events.EventField.from_path
+    return _rule(
         scope,
         "ModelPackageRule",
-        description="flops-meter: a model package of the governed group changed state",
-        event_pattern=events.EventPattern(
+        "flops-meter: a model package of the governed group changed state",
+        events.EventPattern(
             source=["aws.sagemaker"], detail_type=[PACKAGE_STATE], detail={"ModelPackageGroupName": [group]}
         ),
+        topic,
+        f"flops-meter: model package {field('$.detail.ModelPackageArn')} is {field('$.detail.ModelApprovalStatus')}.",
     )
-    rule.add_target(
-        TopicTarget(
-            topic,
-            events.RuleTargetInput.from_multiline_text(
-                f"flops-meter: model package {events.EventField.from_path('$.detail.ModelPackageArn')} is "
-                f"{events.EventField.from_path('$.detail.ModelApprovalStatus')}."
-            ),
-        )
-    )
-    return rule

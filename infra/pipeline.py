@@ -25,6 +25,7 @@ from aws_cdk import aws_s3_deployment as s3deploy
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
+from infra.roles import allow, least_privilege_role
 from pipelines.code import Artifact, marker_key
 from pipelines.config import PipelineConfig
 
@@ -44,16 +45,16 @@ PLACEHOLDERS = {
 }
 
 
-def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The deployer's pipeline settings, checked the way PipelineConfig checks a config file."""
+def check_settings(settings: Mapping[str, Any]) -> PipelineConfig:
+    """The deployer's pipeline settings, checked the way PipelineConfig checks a config file; the configuration
+    they give with everything else at its default (images, instance type, runtime)."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise ValueError(
             f"pipeline setting(s) {', '.join(unknown)} cannot be set here (the stack provides names, roles, key "
             f"and audit store): use {', '.join(SETTINGS)}"
         )
-    PipelineConfig.load(**settings)  # types
-    return dict(settings)
+    return PipelineConfig.load(**settings)
 
 
 def audit_store_uri(audit_bucket: str, prefix: str, table: str, region: str) -> str:
@@ -125,32 +126,18 @@ def code_deployment(
     """
     asset = s3_assets.Asset(scope, "CodeAsset", path=str(_stage(artifacts, prefix)))
     log_group = logs.LogGroup(scope, "CodeDeploymentLogs", retention=logs.RetentionDays.ONE_YEAR)
-    role = iam.Role(
+    role = least_privilege_role(
         scope,
         "CodeDeploymentRole",
-        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-        description="flops-meter: copies the pipeline's code and demo inputs into the artifacts bucket",
-        inline_policies={
-            "least-privilege": iam.PolicyDocument(
-                statements=[
-                    iam.PolicyStatement(
-                        actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)]
-                    ),
-                    iam.PolicyStatement(
-                        actions=["s3:ListBucket"],
-                        resources=[bucket.bucket_arn],
-                        conditions={"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}},
-                    ),
-                    iam.PolicyStatement(actions=["s3:PutObject"], resources=[bucket.arn_for_objects(f"{prefix}/*")]),
-                    iam.PolicyStatement(
-                        actions=["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
-                    ),
-                    iam.PolicyStatement(
-                        actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn]
-                    ),
-                ]
-            )
-        },
+        "flops-meter: copies the pipeline's code and demo inputs into the artifacts bucket",
+        [
+            allow(["s3:GetObject"], [asset.bucket.arn_for_objects(asset.s3_object_key)]),
+            allow(["s3:ListBucket"], [bucket.bucket_arn], {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}),
+            allow(["s3:PutObject"], [bucket.arn_for_objects(f"{prefix}/*")]),
+            allow(["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn]),
+            allow(["logs:CreateLogStream", "logs:PutLogEvents"], [log_group.log_group_arn]),
+        ],
+        principal=iam.ServicePrincipal("lambda.amazonaws.com"),
     )
     deployment = s3deploy.BucketDeployment(
         scope,

@@ -59,9 +59,9 @@ class Access:
     model_package_group: str
 
 
-def _job_basics(stack: Stack, a: Access, job_kind: str) -> list[iam.PolicyStatement]:
+def _job_basics(scope: Construct, a: Access, job_kind: str) -> list[iam.PolicyStatement]:
     """Logs, metrics, image pull, the key and the artifacts a SageMaker job of this kind needs."""
-    log_group = stack.format_arn(
+    log_group = Stack.of(scope).format_arn(
         service="logs",
         resource="log-group",
         resource_name=f"/aws/sagemaker/{job_kind}:*",
@@ -82,49 +82,53 @@ def _job_basics(stack: Stack, a: Access, job_kind: str) -> list[iam.PolicyStatem
     ]  # fmt: skip
 
 
-def _role(scope: Construct, id: str, description: str, statements: list[iam.PolicyStatement]) -> iam.Role:
+def least_privilege_role(
+    scope: Construct,
+    id: str,
+    description: str,
+    statements: list[iam.PolicyStatement],
+    principal: iam.IPrincipal = SAGEMAKER,
+) -> iam.Role:
+    """A role whose only permissions are the given statements, inline (no managed policy)."""
     return iam.Role(
         scope,
         id,
-        assumed_by=SAGEMAKER,
+        assumed_by=principal,
         description=description,
         inline_policies={"least-privilege": iam.PolicyDocument(statements=statements)},
     )
 
 
 def analysis_role(scope: Construct, a: Access) -> iam.Role:
-    stack = Stack.of(scope)
-    return _role(
+    return least_privilege_role(
         scope,
         "AnalysisRole",
         "flops-meter EstimateFLOPs and ClassifyCompliance jobs: read inputs and the ledger, write reports",
         [
-            *_job_basics(stack, a, "ProcessingJobs"),
+            *_job_basics(scope, a, "ProcessingJobs"),
             allow(["dynamodb:Query", "dynamodb:GetItem"], [a.ledger.table_arn]),
         ],
     )
 
 
 def training_role(scope: Construct, a: Access) -> iam.Role:
-    stack = Stack.of(scope)
-    return _role(
+    return least_privilege_role(
         scope,
         "TrainingRole",
         "flops-meter TrainWithMeter jobs: read code and data, write checkpoints and the model",
-        _job_basics(stack, a, "TrainingJobs"),
+        _job_basics(scope, a, "TrainingJobs"),
     )
 
 
 def audit_role(scope: Construct, a: Access) -> iam.Role:
     """Append-only: PutObject (Object Lock applies the bucket's default retention) and PutItem (conditional)."""
-    stack = Stack.of(scope)
     records = a.audit.arn_for_objects(f"{a.audit_prefix}/*")
-    return _role(
+    return least_privilege_role(
         scope,
         "AuditRole",
         "flops-meter PublishAudit jobs: append records and ledger items; never delete or change retention",
         [
-            *_job_basics(stack, a, "ProcessingJobs"),
+            *_job_basics(scope, a, "ProcessingJobs"),
             allow(["s3:PutObject", "s3:GetObject"], [records]),
             allow(["s3:ListBucket"], [a.audit.bucket_arn], {"StringLike": {"s3:prefix": f"{a.audit_prefix}/*"}}),
             allow(["s3:GetBucketObjectLockConfiguration"], [a.audit.bucket_arn]),
@@ -143,40 +147,35 @@ def pipeline_role(scope: Construct, a: Access, step_roles: Sequence[iam.IRole]) 
     group = a.model_package_group.lower()  # SageMaker writes its ARNs in lower case
     jobs = [sagemaker_arn("processing-job", "pipelines-*"), sagemaker_arn("training-job", "pipelines-*")]
     packages = [sagemaker_arn("model-package-group", group), sagemaker_arn("model-package", f"{group}/*")]
-    return iam.Role(
+    return least_privilege_role(
         scope,
         "PipelineRole",
-        assumed_by=SAGEMAKER,
-        description="flops-meter governed pipeline: runs the steps with their own roles and registers models",
-        inline_policies={
-            "least-privilege": iam.PolicyDocument(
-                statements=[
-                    allow(
-                        [
-                            "sagemaker:CreateProcessingJob",
-                            "sagemaker:DescribeProcessingJob",
-                            "sagemaker:StopProcessingJob",
-                            "sagemaker:CreateTrainingJob",
-                            "sagemaker:DescribeTrainingJob",
-                            "sagemaker:StopTrainingJob",
-                            "sagemaker:AddTags",
-                        ],
-                        jobs,
-                    ),
-                    allow(
-                        ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
-                        packages,
-                    ),
-                    allow(
-                        ["iam:PassRole"],
-                        [r.role_arn for r in step_roles],
-                        {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-                    ),
-                    # JsonGet reads the steps' property files; registration checks the model artifact
-                    allow(["s3:GetObject"], [a.artifacts.arn_for_objects(f"{a.prefix}/executions/*")]),
-                    allow(["kms:Decrypt", "kms:DescribeKey"], [a.key.key_arn]),
-                    allow(["kms:CreateGrant"], [a.key.key_arn], {"Bool": {"kms:GrantIsForAWSResource": "true"}}),
-                ]
-            )
-        },
+        "flops-meter governed pipeline: runs the steps with their own roles and registers models",
+        [
+            allow(
+                [
+                    "sagemaker:CreateProcessingJob",
+                    "sagemaker:DescribeProcessingJob",
+                    "sagemaker:StopProcessingJob",
+                    "sagemaker:CreateTrainingJob",
+                    "sagemaker:DescribeTrainingJob",
+                    "sagemaker:StopTrainingJob",
+                    "sagemaker:AddTags",
+                ],
+                jobs,
+            ),
+            allow(
+                ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
+                packages,
+            ),
+            allow(
+                ["iam:PassRole"],
+                [r.role_arn for r in step_roles],
+                {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            ),
+            # JsonGet reads the steps' property files; registration checks the model artifact
+            allow(["s3:GetObject"], [a.artifacts.arn_for_objects(f"{a.prefix}/executions/*")]),
+            allow(["kms:Decrypt", "kms:DescribeKey"], [a.key.key_arn]),
+            allow(["kms:CreateGrant"], [a.key.key_arn], {"Bool": {"kms:GrantIsForAWSResource": "true"}}),
+        ],
     )
