@@ -138,10 +138,12 @@ class VerifyReport:
     checked: int
     broken: str | None = None  # the first broken record (its sha, or its lineage and sequence)
     reason: str | None = None
+    decisions: int = 0  # approval decisions checked (hash, item, and the record they decide on)
 
     def line(self) -> str:
         if self.ok:
-            return f"audit verify: {self.checked} record(s), every hash and chain link intact"
+            decided = f" and {self.decisions} decision(s)" if self.decisions else ""
+            return f"audit verify: {self.checked} record(s){decided}, every hash and chain link intact"
         return f"audit verify: BROKEN at {self.broken}: {self.reason}"
 
 

@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--store", help="audit store URI")
     show.add_argument("--json", action="store_true")
     try:  # the pipeline commands live with the pipeline (absent in training containers, which get meter/ and steps/)
+        from pipelines.approvals import add_parser as add_approvals_parser
         from pipelines.cli import add_parser as add_pipeline_parser
     except ImportError:
         pass
     else:
         add_pipeline_parser(sub)
+        add_approvals_parser(sub)
     return parser
 
 
@@ -582,6 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.cli import run as run_pipeline_command
 
             return run_pipeline_command(args)
+        elif args.command == "approvals":
+            from pipelines.approvals import run as run_approvals_command
+
+            return run_approvals_command(args)
     except MeterError as e:
         print(f"flops-meter: error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ Plain dictionaries and hashlib only: this runs in the PublishAudit container and
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from meter.audit import canonical_json
@@ -28,12 +29,18 @@ def item_id(record_sha256: str) -> str:
 
 
 def flagged_item(
-    record: dict[str, Any], record_uri: str, *, model_uri: str | None = None, report_uri: str | None = None
+    record: dict[str, Any],
+    record_uri: str,
+    *,
+    model_uri: str | None = None,
+    report_uri: str | None = None,
+    model_package_group: str | None = None,
+    inference_image: str | None = None,
 ) -> dict[str, Any] | None:
     """The flagged item of a published record, or None when its verdict needs no decision.
 
-    Deterministic in its inputs, so PublishAudit and the notification function write the same bytes (the second
-    write is a no-op).
+    Deterministic in its inputs, so a retried PublishAudit writes the same bytes (the second write is a no-op).
+    The model package group and serving image are what an approval registers the model with.
     """
     verdict = record["verdict"]
     if verdict["status"] not in FLAGGED_STATUSES:
@@ -52,6 +59,8 @@ def flagged_item(
         "record_uri": record_uri,
         "report_uri": report_uri or None,
         "model_uri": model_uri or None,
+        "model_package_group": model_package_group or None,
+        "inference_image": inference_image or None,
         "flagged_at": record["published_at"],
     }
 
@@ -70,6 +79,8 @@ def decision_document(
     accepted_provider_obligations: bool = False,
     model_package: str | None = None,
 ) -> dict[str, Any]:
+    """A decision on an item. ``model_package``: the registered package an approval approves (``approaching``);
+    for a blocked model it is None, the package is created after the decision and names it in its metadata."""
     doc = {
         "decision_version": DECISION_VERSION,
         "item_id": item["id"],
@@ -80,6 +91,60 @@ def decision_document(
         "verdict": item["verdict"],
         "record_sha256": item["record_sha256"],  # the chain: this decision is about exactly that record
         "model_package": model_package,
+        "model_package_group": item.get("model_package_group"),
         "decided_at": decided_at,
     }
     return {**doc, "decision_sha256": decision_hash(doc)}
+
+
+def check_decision(decision: dict[str, Any], item: dict[str, Any] | None, record: dict[str, Any] | None) -> str | None:
+    """Why a stored decision does not hold (altered, or not about its item's record), or None when it does."""
+    if decision.get("decision_sha256") != decision_hash(decision):
+        return "content does not match its SHA-256 (altered)"
+    if item is None:
+        return f"its flagged item {decision.get('item_id')} is missing"
+    if decision.get("record_sha256") != item.get("record_sha256") or decision.get("item_id") != item.get("id"):
+        return "it names another record than its flagged item"
+    if record is None or record.get("record_sha256") != decision["record_sha256"]:
+        return f"the record it decides on ({decision['record_sha256'][:12]}) is not in the store"
+    if item.get("verdict") != record["verdict"]["status"] or decision.get("verdict") != item.get("verdict"):
+        return "its verdict differs from the record's"
+    return None
+
+
+def model_card(record: dict[str, Any], model_uri: str | None) -> str:
+    """A SageMaker model package model card (JSON text) with the compliance figures of a record.
+
+    Model package cards take model_overview (model_creator, model_artifact), training_details and
+    additional_information; custom_details values are strings.
+    """
+    verdict, run = record["verdict"], record["run"]
+    figures = verdict.get("figures", {})
+    rule = verdict.get("threshold_rule")
+    observations = (
+        f"Fine-tuning compute {figures.get('this_run', '?')} (regulatory count), lineage total "
+        f"{figures.get('cumulative', '?')}, threshold {figures.get('threshold', '?')} ({rule}). "
+        f"Verdict: {verdict['status']}. Counted by flops-meter; record {record['record_sha256']}."
+    )
+    details = {
+        "flops_meter_status": verdict["status"],
+        "flops_meter_crossed": "true" if verdict["crossed"] else "false",
+        "flops_meter_regulatory_flops": str(run["flops"]["regulatory"]),
+        "flops_meter_cumulative_flops": str(verdict["cumulative_flops"]),
+        "flops_meter_threshold_flops": f"{verdict['threshold_flops']:.6e}",
+        "flops_meter_threshold_rule": str(rule),
+        "flops_meter_lineage": record["lineage"]["id"],
+        "flops_meter_base_model": record["lineage"]["base_model"]["id"],
+        "flops_meter_record_sha256": record["record_sha256"],
+    }
+    card = {
+        "model_overview": {"model_creator": "flops-meter governed pipeline"},
+        "training_details": {"training_observations": observations[:1024]},
+        "additional_information": {
+            "caveats_and_recommendations": str(verdict.get("threshold_citation", ""))[:2048],
+            "custom_details": details,
+        },
+    }
+    if model_uri:
+        card["model_overview"]["model_artifact"] = [model_uri]
+    return json.dumps(card, sort_keys=True)

@@ -76,6 +76,24 @@ def _document_path(kind: str, name: str) -> str:
     return f"{kind}/{name}.json"
 
 
+def boto_config():
+    """Retries for AWS calls: AWS_MAX_ATTEMPTS when set, else 5 (standard mode)."""
+    from botocore.config import Config
+
+    attempts = {} if os.environ.get("AWS_MAX_ATTEMPTS") else {"max_attempts": 5}
+    return Config(retries={"mode": "standard", **attempts})
+
+
+def _parse_document(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise MeterError(f"{where} is not a JSON document: it was altered or truncated")
+    return doc
+
+
 def open_store(uri: str | None = None) -> AuditStore:
     """file://DIR (or a plain directory path) or s3://BUCKET/PREFIX?table=NAME."""
     uri = uri or os.environ.get("FLOPS_METER_STORE") or DEFAULT_STORE
@@ -110,7 +128,27 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch) -> VerifyReport:
         if not report.ok:
             return VerifyReport(False, checked + report.checked, report.broken, report.reason)
         checked += report.checked
-    return VerifyReport(True, checked)
+    return _verify_decisions(store, lineage, checked)
+
+
+def _verify_decisions(store: AuditStore, lineage: str | None, checked: int) -> VerifyReport:
+    """Every approval decision: its own hash, its flagged item, and the record (in a verified chain) it decides on."""
+    from meter.flagged import check_decision
+
+    items = {i["id"]: i for i in store.documents("flagged")}
+    known = {e.record_sha256 for e in store.entries(lineage)}
+    count = 0
+    for decision in store.documents("decisions"):
+        item = items.get(decision.get("item_id"))
+        if lineage is not None and (item or {}).get("lineage") != lineage:
+            continue
+        sha = decision.get("record_sha256")
+        record = store.get(sha) if sha in known else None
+        reason = check_decision(decision, item, record)
+        if reason:
+            return VerifyReport(False, checked, f"decision on item {decision.get('item_id')}", reason, count)
+        count += 1
+    return VerifyReport(True, checked, decisions=count)
 
 
 def _duplicate(existing: dict[str, Any], draft: dict[str, Any], uri: str) -> Published:
@@ -212,7 +250,7 @@ class FileStore:
 
     def documents(self, kind: str) -> list[dict[str, Any]]:
         _document_path(kind, "x")
-        return [json.loads(p.read_bytes()) for p in sorted((self.root / kind).glob("*.json"))]
+        return [_parse_document(p.read_bytes(), str(p)) for p in sorted((self.root / kind).glob("*.json"))]
 
     def lineage_flops(self, lineage: str) -> int:
         with self._db() as db:
@@ -252,14 +290,13 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str, table: str, region: str | None, retention_days: int | None):
         try:
             import boto3
-            from botocore.config import Config
         except ImportError:
             raise MeterError("the S3 audit store needs boto3: pip install 'flops-meter[pipeline]'") from None
         self.bucket, self.prefix, self.table, self.retention_days = bucket, prefix, table, retention_days
         self.uri = f"s3://{bucket}/{prefix}?table={table}"
         self._bucket_lock_checked = False
-        config = Config(retries={"max_attempts": 5, "mode": "standard"})
         session = boto3.session.Session(region_name=region)
+        config = boto_config()
         self.s3 = session.client("s3", config=config)
         self.ddb = session.client("dynamodb", config=config)
 
@@ -375,9 +412,17 @@ class S3Store:
     def documents(self, kind: str) -> list[dict[str, Any]]:
         prefix = self._doc_key(kind, "x")[: -len("x.json")]
         keys: list[str] = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        from botocore.exceptions import ClientError
+
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        try:
+            pages = self._call(lambda: list(pages))
+        except ClientError as e:
+            error = e.response["Error"]
+            raise MeterError(f"audit store {self.uri}: {error.get('Code')}: {error.get('Message', '')}") from None
+        for page in pages:
             keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
-        return [json.loads(self._get_bytes(k)) for k in sorted(keys)]
+        return [_parse_document(self._get_bytes(k) or b"", f"s3://{self.bucket}/{k}") for k in sorted(keys)]
 
     def _check_bucket_lock(self) -> None:
         """retention=bucket: refuse to write a record that the bucket would not lock."""

@@ -87,8 +87,9 @@ def register_model_step(
     image_uri: str,
     metadata: dict[str, Any],
     description: str,
+    model_card: Any = None,
 ):
-    """A RegisterModel step, PendingManualApproval, carrying the verdict as customer metadata.
+    """A RegisterModel step, PendingManualApproval, carrying the verdict as customer metadata and a model card.
 
     The SDK's ModelBuilder.register() infers images and may repack the model; this step says exactly what is
     registered: the trained artifact, the serving image, the approval status and the metadata.
@@ -112,6 +113,7 @@ def register_model_step(
                     "SupportedResponseMIMETypes": ["application/json"],
                 },
                 "CustomerMetadataProperties": metadata,
+                **({"ModelCard": {"ModelCardContent": model_card, "ModelCardStatus": "Draft"}} if model_card else {}),
             }
 
         @property
@@ -214,6 +216,8 @@ def build(config: PipelineConfig | None = None) -> Governed:
             compliance_uri=compliance_uri,
             model_uri=model_artifacts,
             report_uri=Join(on="/", values=[compliance_uri, "compliance.json"]),
+            model_package_group=p["ModelPackageGroupName"],
+            inference_image=config.image("inference"),
             dataset_uri=p["DatasetS3Uri"],
             store_uri=config.audit_store_uri,
             container_image=config.image("training"),
@@ -235,6 +239,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
                 "flops_meter:record_sha256": audit("record_sha256"),
             },
             description="Registers the fine-tuned model for manual approval, with its compute verdict",
+            model_card=audit("model_card"),
         )
         blocked = FailStep(
             name=REGISTRATION_BLOCKED,

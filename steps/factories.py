@@ -269,6 +269,8 @@ def publish_audit_step(
     container_image: Any = "",
     model_uri: Any = "",
     report_uri: Any = "",
+    model_package_group: Any = "",
+    inference_image: Any = "",
     name: str = "PublishAudit",
 ):
     """ProcessingStep: the record in the audit store, always; PropertyFile ``AuditReport`` (record URI, SHA-256)."""
@@ -284,6 +286,8 @@ def publish_audit_step(
             arg("container-image", container_image),
             arg("model-uri", model_uri),
             arg("report-uri", report_uri),
+            arg("model-package-group", model_package_group),
+            arg("inference-image", inference_image),
         ],
         (AUDIT_FILE, "audit", "audit.json"),
         "Writes the run record and verdict to the append-only audit store",

@@ -2,7 +2,8 @@
 
 Inputs (processing): ``run/`` (flops_meter.json or model.tar.gz), ``compliance/`` (compliance.json), optionally
 ``dataset/`` (its files are hashed). Output: ``audit/audit.json`` with ``record_uri``, ``record_sha256`` and
-``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty).
+``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty) and ``model_card``
+(the model package model card, JSON text, that RegisterModel attaches).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import hashlib
 import json
 
-from meter.flagged import flagged_item
+from meter.flagged import flagged_item, model_card
 from meter.governance import publish
 from meter.stores import open_store
 from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
@@ -40,6 +41,8 @@ def main() -> int:
     p.add_argument("--container-image", default="")
     p.add_argument("--model-uri", default="", help="the trained model artifact (named by a flagged item)")
     p.add_argument("--report-uri", default="", help="where the compliance report is (named by a flagged item)")
+    p.add_argument("--model-package-group", default="", help="where an approval registers the model")
+    p.add_argument("--inference-image", default="", help="the serving image an approval registers the model with")
     args = p.parse_args()
 
     run = read_run_record(processing_input("run"))
@@ -53,7 +56,14 @@ def main() -> int:
     )
     record = published.record
     # a verdict that needs a person's decision becomes a flagged item for the approval workflow
-    item = flagged_item(record, published.uri, model_uri=args.model_uri, report_uri=args.report_uri)
+    item = flagged_item(
+        record,
+        published.uri,
+        model_uri=args.model_uri,
+        report_uri=args.report_uri,
+        model_package_group=args.model_package_group,
+        inference_image=args.inference_image,
+    )
     if item is not None:
         store.put_document("flagged", item["id"], item)
     doc = {
@@ -64,6 +74,7 @@ def main() -> int:
         "sequence": record["sequence"],
         "status": record["verdict"]["status"],
         "flagged_item": item["id"] if item else "",
+        "model_card": model_card(record, args.model_uri or None),  # attached to the registered model package
     }
     path = write_json(processing_output("audit") / "audit.json", doc)
     print(f"publish_audit: {'published' if published.created else 'already published'} {published.uri}; wrote {path}")

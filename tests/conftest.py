@@ -58,3 +58,26 @@ _ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_ENDPOINT_URL": "",
 }
+
+
+@pytest.fixture
+def s3_store_uri(moto_endpoint):
+    """A fresh S3/DynamoDB audit store on the moto server (Object Lock bucket, ledger table): its URI."""
+    import uuid
+
+    import boto3
+
+    bucket, table = f"audit-{uuid.uuid4().hex[:12]}", f"ledger-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}, ObjectLockEnabledForBucket=True
+    )
+    boto3.client("dynamodb").create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "lineage", "KeyType": "HASH"}, {"AttributeName": "sequence", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "lineage", "AttributeType": "S"},
+            {"AttributeName": "sequence", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return f"s3://{bucket}/records-v1?table={table}&retention_days=1"

@@ -48,24 +48,7 @@ def draft(flops: int, lineage: str = "acme/llama3-support-bot", run_id: str | No
 def store(request, tmp_path):
     if request.param == "file":
         return FileStore(tmp_path / "audit")
-    request.getfixturevalue("moto_endpoint")
-    import boto3
-
-    bucket, table = f"audit-{uuid.uuid4().hex[:12]}", f"ledger-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3")
-    s3.create_bucket(
-        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}, ObjectLockEnabledForBucket=True
-    )
-    boto3.client("dynamodb").create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "lineage", "KeyType": "HASH"}, {"AttributeName": "sequence", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "lineage", "AttributeType": "S"},
-            {"AttributeName": "sequence", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return open_store(f"s3://{bucket}/records-v1?table={table}&retention_days=1")
+    return open_store(request.getfixturevalue("s3_store_uri"))
 
 
 def test_records_validate_and_hash_canonically() -> None:

@@ -1,0 +1,398 @@
+"""`flops-meter approvals …`: a named person decides on a flagged model, and the registry follows the decision.
+
+    list      flagged items with their status (pending, approved, rejected)
+    show      one item: verdict, figures, record, report, model, decision
+    approve   a blocked model (crossed the threshold; needs --accept-provider-obligations) is registered, Approved;
+              an approaching model's registered package is set to Approved
+    reject    the decision is recorded; a blocked model stays unregistered, an approaching model's package is
+              set to Rejected
+
+The decision is written to the audit store first, write-once: that claims the item, so a second decision (or a
+race between two approvers) is refused by the store. The registry is updated after; if that fails, running the
+same command again completes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meter.errors import MeterError
+from meter.flagged import decision_document
+from pipelines.registries import RECORD_KEY, Registry
+
+STATUSES = ("pending", "approved", "rejected")
+_REF = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+class Refused(MeterError):
+    """The decision needs something the approver has not given (e.g. --accept-provider-obligations)."""
+
+
+@dataclass
+class Item:
+    doc: dict[str, Any]
+    decision: dict[str, Any] | None
+
+    @property
+    def id(self) -> str:
+        return self.doc["id"]
+
+    @property
+    def status(self) -> str:
+        return self.decision["decision"] if self.decision else "pending"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, **{k: v for k, v in self.doc.items() if k != "id"},
+                "decision": self.decision}  # fmt: skip
+
+
+def load_items(store) -> list[Item]:
+    decisions = {d["item_id"]: d for d in store.documents("decisions")}
+    items = [Item(doc, decisions.get(doc["id"])) for doc in store.documents("flagged")]
+    return sorted(items, key=lambda i: (i.doc.get("flagged_at") or "", i.id))
+
+
+def find_item(store, ref: str) -> Item:
+    """An item by its id, a unique prefix of it, or its record's SHA-256 (or a prefix of that)."""
+    ref = ref.strip().lower()
+    if not _REF.match(ref):
+        raise MeterError(f"item {ref!r}: give the id from `flops-meter approvals list` (hex digits)")
+    matches = [i for i in load_items(store) if i.doc["record_sha256"].startswith(ref)]
+    if len(matches) != 1:
+        problem = "is ambiguous" if matches else "not found"
+        raise MeterError(f"item {ref!r} {problem} in {store.uri}: see `flops-meter approvals list`")
+    return matches[0]
+
+
+def _required(value: str | None, flag: str) -> str:
+    text = (value or "").strip()
+    if not text:
+        raise MeterError(f"{flag} is empty: a decision names who took it and why")
+    return text
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Outcome:
+    item: Item
+    decision: dict[str, Any]
+    decision_uri: str
+    package: str | None  # the package registered or updated
+    action: str  # what the registry did: registered, approved, rejected, nothing
+    completed_earlier: bool = False  # the decision was already recorded; this run completed its registry update
+
+
+def decide(
+    store,
+    registry: Registry,
+    ref: str,
+    *,
+    decision: str,
+    approver: str | None,
+    reason: str | None,
+    accept_provider_obligations: bool = False,
+    decided_at: str | None = None,
+) -> Outcome:
+    if decision not in ("approved", "rejected"):
+        raise MeterError(f"decision {decision!r}: approved or rejected")
+    approver, reason = _required(approver, "--approver"), _required(reason, "--reason")
+    item = find_item(store, ref)
+    doc = item.doc
+    if item.decision is not None:
+        return _complete(store, registry, item, decision)
+    if decision == "approved" and doc["blocked"] and not accept_provider_obligations:
+        raise Refused(
+            f"item {item.id} crossed the threshold ({doc['verdict']}): approving registers a model whose provider "
+            "obligations your organisation takes on (AI Act Art. 53; Art. 55 with systemic risk). Repeat with "
+            "--accept-provider-obligations to accept them"
+        )
+    record = store.get(doc["record_sha256"])  # the decision is about this record: it must be there
+    package = None
+    if doc["blocked"]:
+        if decision == "approved":
+            _check_registrable(doc)
+    else:  # approaching: the pipeline registered it, PendingManualApproval
+        found = registry.package_of(doc)
+        if found is None:
+            raise MeterError(
+                f"item {item.id}: no model package in {registry.where} carries record {doc['record_sha256'][:12]} "
+                "(was the run registered there? --registry and --home choose the registry)"
+            )
+        package = found["arn"]
+    document = decision_document(
+        doc,
+        decision=decision,
+        approver=approver,
+        reason=reason,
+        decided_at=decided_at or _now(),
+        accepted_provider_obligations=accept_provider_obligations,
+        model_package=package,
+    )
+    from meter.stores import DocumentExists
+
+    try:
+        uri, _ = store.put_document("decisions", item.id, document)
+    except DocumentExists as e:  # another approver was faster
+        raise MeterError(_already(item.id, e.existing)) from None
+    item = Item(doc, document)
+    return _apply(registry, item, uri, record)
+
+
+def _check_registrable(doc: dict[str, Any]) -> None:
+    missing = [k for k in ("model_uri", "model_package_group", "inference_image") if not doc.get(k)]
+    if missing:
+        raise MeterError(
+            f"item {doc['id']} does not name its {', '.join(missing)}: it cannot be registered from here; "
+            "register the model by hand, then record the decision"
+        )
+
+
+def _already(item_id: str, decision: dict[str, Any]) -> str:
+    return (
+        f"item {item_id} was already {decision['decision']} by {decision['approver']} at {decision['decided_at']}: "
+        "decisions are final (a new run is a new item)"
+    )
+
+
+def _complete(store, registry: Registry, item: Item, decision: str) -> Outcome:
+    """A decision exists: refuse a second one, or finish the registry update an interrupted command left."""
+    if item.decision["decision"] != decision or _registry_done(registry, item):
+        raise MeterError(_already(item.id, item.decision))
+    record = store.get(item.doc["record_sha256"])
+    uri = store.put_document("decisions", item.id, item.decision)[0]  # identical: returns where it is
+    return _apply(registry, item, uri, record, completed_earlier=True)
+
+
+def _registry_done(registry: Registry, item: Item) -> bool:
+    doc, decision = item.doc, item.decision
+    if doc["blocked"] and decision["decision"] == "rejected":
+        return True  # nothing to do: it stays unregistered
+    found = registry.package_of(doc)
+    if doc["blocked"]:
+        return found is not None
+    return found is not None and found["status"] == ("Approved" if decision["decision"] == "approved" else "Rejected")
+
+
+def _decision_metadata(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
+    return {
+        "flops_meter:decision": decision["decision"],
+        "flops_meter:decision_uri": decision_uri,
+        "flops_meter:decision_sha256": decision["decision_sha256"],
+        "flops_meter:approver": decision["approver"][:256],
+    }
+
+
+def _description(decision: dict[str, Any]) -> str:
+    return f"{decision['decision']} by {decision['approver']}: {decision['reason']}"[:1024]
+
+
+def _apply(registry: Registry, item: Item, uri: str, record: dict[str, Any], completed_earlier: bool = False):
+    doc, decision = item.doc, item.decision
+    metadata = _decision_metadata(decision, uri)
+    if doc["blocked"]:
+        if decision["decision"] == "rejected":
+            return Outcome(item, decision, uri, None, "nothing", completed_earlier)
+        arn = registry.register(registration_request(doc, record, decision, metadata))
+        return Outcome(item, decision, uri, arn, "registered", completed_earlier)
+    found = registry.package_of(doc)
+    status = "Approved" if decision["decision"] == "approved" else "Rejected"
+    registry.set_status(found["arn"], status, _description(decision), metadata)
+    return Outcome(item, decision, uri, found["arn"], status.lower(), completed_earlier)
+
+
+def registration_request(
+    doc: dict[str, Any], record: dict[str, Any], decision: dict[str, Any], metadata: dict[str, str]
+) -> dict[str, Any]:
+    """CreateModelPackage for an approved blocked model: what RegisterModel would have sent, Approved."""
+    from meter.flagged import model_card
+
+    verdict = record["verdict"]
+    return {
+        "ModelPackageGroupName": doc["model_package_group"],
+        "ModelPackageDescription": f"Crossed the compute threshold ({doc['verdict']}); {_description(decision)}"[:1024],
+        "ModelApprovalStatus": "Approved",
+        "InferenceSpecification": {
+            "Containers": [{"Image": doc["inference_image"], "ModelDataUrl": doc["model_uri"]}],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        "CustomerMetadataProperties": {
+            "flops_meter:regulatory_flops": str(record["run"]["flops"]["regulatory"]),
+            "flops_meter:cumulative_flops": str(verdict["cumulative_flops"]),
+            "flops_meter:threshold_flops": str(verdict["threshold_flops"]),
+            "flops_meter:threshold_rule": str(verdict.get("threshold_rule")),
+            "flops_meter:status": verdict["status"],
+            "flops_meter:record_uri": doc["record_uri"],
+            RECORD_KEY: doc["record_sha256"],
+            **metadata,
+        },
+        "ModelCard": {"ModelCardContent": model_card(record, doc["model_uri"]), "ModelCardStatus": "Draft"},
+    }
+
+
+# -- the command -----------------------------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    from meter.stores import DEFAULT_HOME, DEFAULT_STORE
+
+    ap = sub.add_parser("approvals", help="decide on flagged models: list, show, approve, reject")
+    asub = ap.add_subparsers(dest="approvals_command", required=True, parser_class=type(ap))
+
+    def common(p, registry: bool = False) -> None:
+        p.add_argument("--store", metavar="URI", help=f"audit store (default $FLOPS_METER_STORE or {DEFAULT_STORE})")
+        if registry:
+            p.add_argument(
+                "--registry",
+                choices=("local", "sagemaker"),
+                help="model registry to update (default: local for a file:// store, sagemaker for s3://)",
+            )
+            p.add_argument("--home", default=DEFAULT_HOME, metavar="DIR", help="the local registry's home")
+            p.add_argument("--region", help="AWS region of the SageMaker registry (default: your AWS config)")
+
+    ls = asub.add_parser("list", help="flagged items and their status")
+    common(ls)
+    ls.add_argument("--status", choices=STATUSES, help="only items with this status")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+    sh = asub.add_parser("show", help="one item: verdict, figures, record, report, decision")
+    sh.add_argument("id", help="the item id (or a unique prefix; or its record's SHA-256)")
+    common(sh)
+    sh.add_argument("--json", action="store_true")
+    decisions = {
+        "approve": "approve an item: registers or approves its model",
+        "reject": "reject an item: the model stays unregistered (or its package is rejected)",
+    }
+    for name, text in decisions.items():
+        d = asub.add_parser(name, help=text)
+        d.add_argument("id", help="the item id (or a unique prefix)")
+        d.add_argument("--approver", required=True, metavar="NAME", help="who decides (recorded)")
+        d.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded)")
+        if name == "approve":
+            d.add_argument(
+                "--accept-provider-obligations",
+                action="store_true",
+                help="needed to approve a model that crossed the threshold: the organisation accepts the "
+                "obligations of a GPAI model provider",
+            )
+        common(d, registry=True)
+        d.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from meter.stores import open_store
+
+    store = open_store(args.store)
+    command = args.approvals_command
+    if command == "list":
+        items = [i for i in load_items(store) if args.status in (None, i.status)]
+        if args.json:
+            print(json.dumps([i.to_dict() for i in items], indent=2))
+        else:
+            print_items(items, store.uri)
+        return 0
+    if command == "show":
+        item = find_item(store, args.id)
+        if args.json:
+            print(json.dumps(item.to_dict(), indent=2))
+        else:
+            print_item(item, args.store)
+        return 0
+    from pipelines.registries import open_registry
+
+    kind = args.registry or ("sagemaker" if store.uri.startswith("s3://") else "local")
+    registry = open_registry(kind, home=Path(args.home), region=args.region)
+    outcome = decide(
+        store,
+        registry,
+        args.id,
+        decision="approved" if command == "approve" else "rejected",
+        approver=args.approver,
+        reason=args.reason,
+        accept_provider_obligations=getattr(args, "accept_provider_obligations", False),
+    )
+    if args.json:
+        print(json.dumps({"id": outcome.item.id, "decision": outcome.decision, "decision_uri": outcome.decision_uri,
+                          "model_package": outcome.package, "registry_action": outcome.action}))  # fmt: skip
+    else:
+        print_outcome(outcome, registry.where)
+    return 0
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False) if sys.stdout.isatty() else Console(width=140, highlight=False)
+
+
+def print_items(items: list[Item], where: str) -> None:
+    from rich.table import Table
+
+    console = _console()
+    if not items:
+        console.print(f"no flagged items in {where}")
+        return
+    table = Table(title=f"flagged items in {where}")
+    for col in ("id", "status", "verdict", "blocked", "lineage", "cumulative", "threshold", "flagged", "decided by"):
+        table.add_column(col, overflow="fold")
+    for i in items:
+        figures = i.doc.get("figures") or {}
+        who = f"{i.decision['approver']} ({i.decision['decided_at']})" if i.decision else ""
+        blocked = "yes" if i.doc["blocked"] else "no"
+        row = (i.id, i.status, i.doc["verdict"], blocked, i.doc["lineage"], figures.get("cumulative", ""))
+        table.add_row(*row, figures.get("threshold", ""), i.doc.get("flagged_at") or "", who)
+    console.print(table)
+    if any(i.status == "pending" for i in items):
+        console.print("decide with: flops-meter approvals show ID, then approvals approve|reject ID --approver NAME "
+                      "--reason TEXT")  # fmt: skip
+
+
+def print_item(item: Item, store_flag: str | None) -> None:
+    console, doc = _console(), item.doc
+    figures = doc.get("figures") or {}
+    console.print(f"[bold]item {item.id}[/bold]: {item.status}")
+    console.print(f"  verdict      {doc['verdict']}" + ("  (registration blocked)" if doc["blocked"] else ""))
+    console.print(f"  lineage      {doc['lineage']} (base model {doc['base_model']}), run {doc['run_id']}")
+    console.print(
+        f"  compute      this run {figures.get('this_run', '?')}, lineage {figures.get('cumulative', '?')}, "
+        f"threshold {figures.get('threshold', '?')} ({doc.get('threshold_rule')})"
+    )
+    console.print(f"  record       {doc['record_uri']}  (sha256 {doc['record_sha256']})")
+    console.print(f"  report       {doc.get('report_uri') or '-'}")
+    console.print(f"  model        {doc.get('model_uri') or '-'}")
+    flag = f" --store {store_flag}" if store_flag else ""
+    console.print(f"  full report  flops-meter report {doc['record_sha256'][:12]}{flag} --out report.html")
+    d = item.decision
+    if d:
+        console.print(f"  decision     {d['decision']} by {d['approver']} at {d['decided_at']}: {d['reason']}")
+        if d.get("accepted_provider_obligations"):
+            console.print("               provider obligations accepted")
+    else:
+        accept = " --accept-provider-obligations" if doc["blocked"] else ""
+        console.print(
+            f"decide with: flops-meter approvals approve {item.id} --approver NAME --reason TEXT{accept}{flag}"
+        )
+        console.print(f"         or: flops-meter approvals reject {item.id} --approver NAME --reason TEXT{flag}")
+
+
+def print_outcome(outcome: Outcome, where: str) -> None:
+    d = outcome.decision
+    if outcome.completed_earlier:
+        print(f"item {outcome.item.id}: completing the decision recorded at {d['decided_at']}")
+    print(f"item {outcome.item.id} {d['decision']} by {d['approver']}: decision recorded at {outcome.decision_uri}")
+    effect = {
+        "registered": f"model registered in {where} as {outcome.package} (Approved)",
+        "approved": f"model package {outcome.package} set to Approved in {where}",
+        "rejected": f"model package {outcome.package} set to Rejected in {where}",
+        "nothing": "the model stays unregistered",
+    }[outcome.action]
+    print(f"  {effect}")

@@ -1,0 +1,128 @@
+"""The model registries an approval acts on: the local runner's (SQLite) and SageMaker's Model Registry.
+
+Both answer the same three questions the approval workflow asks:
+
+    package_of(item)              the package that carries the item's record (flops_meter:record_sha256), if any
+    register(request)             CreateModelPackage (a blocked model, approved: registered as Approved)
+    set_status(arn, status, ...)  UpdateModelPackage (an approaching model's package: Approved or Rejected)
+
+A package is found by its record hash, so an approval that was interrupted between the decision and the
+registry can be completed by running the same command again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from meter.errors import MeterError
+
+RECORD_KEY = "flops_meter:record_sha256"
+
+
+class Registry(Protocol):
+    where: str
+
+    def package_of(self, item: dict[str, Any]) -> dict[str, Any] | None: ...
+    def register(self, request: dict[str, Any]) -> str: ...
+    def set_status(self, arn: str, status: str, description: str, metadata: dict[str, str]) -> None: ...
+
+
+class LocalModelRegistry:
+    """HOME/registry.db, what `pipeline run --local` registers into."""
+
+    def __init__(self, home: Path):
+        from pipelines.local import LocalRegistry
+
+        self.registry = LocalRegistry(Path(home) / "registry.db")
+        self.where = f"the local registry {self.registry.path}"
+
+    def package_of(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        found = [p for p in self.registry.packages() if p["metadata"].get(RECORD_KEY) == item["record_sha256"]]
+        if not found:
+            return None
+        p = found[-1]
+        return {"arn": p["arn"], "status": p["approval_status"], "metadata": p["metadata"]}
+
+    def register(self, request: dict[str, Any]) -> str:
+        return self.registry.register(request, execution_id="approval")
+
+    def set_status(self, arn: str, status: str, description: str, metadata: dict[str, str]) -> None:
+        self.registry.update(arn, status, description, metadata)
+
+
+class SageMakerRegistry:
+    """SageMaker's Model Registry (boto3; the caller's credentials and region)."""
+
+    def __init__(self, region: str | None = None):
+        try:
+            import boto3
+        except ImportError:
+            raise MeterError("the SageMaker registry needs boto3: pip install 'flops-meter[pipeline]'") from None
+        from meter.stores import boto_config
+
+        self.client = boto3.session.Session(region_name=region).client("sagemaker", config=boto_config())
+        self.where = f"SageMaker's Model Registry ({self.client.meta.region_name})"
+
+    def _call(self, name: str, **kwargs) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, name)(**kwargs)
+        except ClientError as e:
+            error = e.response["Error"]
+            raise MeterError(f"{self.where}: {name}: {error.get('Code')}: {error.get('Message')}") from None
+        except BotoCoreError as e:
+            text = " ".join(str(e).split())
+            problem = "unreachable: " if _unreachable(e) else ""
+            raise MeterError(f"{self.where}: {problem}{text}") from None
+
+    def package_of(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        group = item.get("model_package_group")
+        if not group:
+            raise MeterError(f"item {item['id']} names no model package group: it was flagged by an older PublishAudit")
+        token = None
+        while True:  # newest first: the package of a record is one of the latest of its group
+            page = self._call(
+                "list_model_packages",
+                ModelPackageGroupName=group,
+                SortBy="CreationTime",
+                SortOrder="Descending",
+                **({"NextToken": token} if token else {}),
+            )
+            for summary in page.get("ModelPackageSummaryList", []):
+                described = self._call("describe_model_package", ModelPackageName=summary["ModelPackageArn"])
+                metadata = described.get("CustomerMetadataProperties") or {}
+                if metadata.get(RECORD_KEY) == item["record_sha256"]:
+                    return {"arn": described["ModelPackageArn"], "status": described.get("ModelApprovalStatus"),
+                            "metadata": metadata}  # fmt: skip
+            token = page.get("NextToken")
+            if not token:
+                return None
+
+    def register(self, request: dict[str, Any]) -> str:
+        return self._call("create_model_package", **request)["ModelPackageArn"]
+
+    def set_status(self, arn: str, status: str, description: str, metadata: dict[str, str]) -> None:
+        current = self._call("describe_model_package", ModelPackageName=arn).get("CustomerMetadataProperties") or {}
+        self._call(
+            "update_model_package",
+            ModelPackageArn=arn,
+            ModelApprovalStatus=status,
+            ApprovalDescription=description,
+            CustomerMetadataProperties={**current, **metadata},  # sent whole: some implementations replace them
+        )
+
+
+def _unreachable(error: Exception) -> bool:
+    from botocore.exceptions import ConnectionError, NoCredentialsError, NoRegionError
+
+    return isinstance(error, (ConnectionError, NoCredentialsError, NoRegionError))
+
+
+def open_registry(kind: str, *, home: Path, region: str | None = None) -> Registry:
+    if kind == "local":
+        return LocalModelRegistry(home)
+    if kind == "sagemaker":
+        return SageMakerRegistry(region)
+    raise MeterError(f"registry {kind!r}: use local or sagemaker")

@@ -1,0 +1,269 @@
+"""The approval workflow: flagged runs of the local pipeline decided on with `flops-meter approvals`.
+
+Real pipeline runs (tiny model, local stores) produce the flagged items; the decisions go through the CLI; the
+registry is the local runner's, and SageMaker's (moto) for the S3 store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from meter.cli import main
+from meter.flagged import decision_hash, flagged_item, item_id
+
+NO_SDK = importlib.util.find_spec("sagemaker") is None
+pytestmark = pytest.mark.skipif(NO_SDK, reason="needs the SageMaker SDK (pip install 'flops-meter[pipeline]')")
+CROSSING = {"PretrainFlops": "1e9", "AllowPlannedCrossing": "true"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One home: an approaching run (registered, pending) and two blocked runs (crossed, not registered)."""
+    pytest.importorskip("transformers")
+    from pipelines.local import run_governed, stage_governed
+
+    home = tmp_path_factory.mktemp("approvals")
+    definition = stage_governed(home)
+    executions = [
+        run_governed(home, {"ApproachingFraction": "1e-14"}, definition=definition, quiet=True, echo=lambda _: None),
+        run_governed(home, CROSSING, definition=definition, quiet=True, echo=lambda _: None),
+        run_governed(home, CROSSING, definition=definition, quiet=True, echo=lambda _: None),
+    ]
+    assert [e.exit_code for e in executions] == [0, 1, 1]
+    ids = [e.states["PublishAudit"].property_files["AuditReport"]["flagged_item"] for e in executions]
+    assert all(ids)
+    return home, ids, executions
+
+
+def cli(args: list[str], home: Path, capsys) -> tuple[int, str, str]:
+    code = main([*args, "--store", f"file://{home / 'audit'}"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def decide_args(verb: str, item: str, home: Path, *extra: str) -> list[str]:
+    return ["approvals", verb, item, "--home", str(home), *extra]
+
+
+def packages(home: Path) -> list[dict]:
+    from pipelines.local import LocalRegistry
+
+    return LocalRegistry(home / "registry.db").packages()
+
+
+def test_flagged_runs_are_listed_pending(runs, capsys) -> None:
+    home, (approaching, blocked, _), _ = runs
+    code, out, _ = cli(["approvals", "list", "--json"], home, capsys)
+    assert code == 0
+    listed = {i["id"]: i for i in json.loads(out)}
+    assert set(listed) == set(runs[1])
+    assert {i["status"] for i in listed.values()} == {"pending"}
+    assert listed[approaching]["verdict"] == "approaching" and listed[approaching]["blocked"] is False
+    assert listed[blocked]["verdict"] == "gpai_provider" and listed[blocked]["blocked"] is True
+    assert listed[blocked]["model_package_group"] == "flops-meter-models"
+    assert listed[blocked]["inference_image"] and listed[blocked]["model_uri"].endswith("model.tar.gz")
+    code, out, _ = cli(["approvals", "list"], home, capsys)
+    assert code == 0 and blocked in out and "gpai_provider" in out and "decide with" in out
+    code, out, _ = cli(["approvals", "show", blocked], home, capsys)
+    assert code == 0 and "registration blocked" in out and "compliance.json" in out
+    assert "--accept-provider-obligations" in out and f"flops-meter report {blocked}" in out
+
+
+def test_the_pipeline_attaches_a_model_card_to_what_it_registers(runs) -> None:
+    home, _, executions = runs
+    [registered] = packages(home)  # the approaching run: the blocked runs were not registered
+    card = json.loads(registered["model_card"])
+    details = card["additional_information"]["custom_details"]
+    record = executions[0].states["PublishAudit"].property_files["AuditReport"]["record_sha256"]
+    assert details["flops_meter_status"] == "approaching" and details["flops_meter_record_sha256"] == record
+    assert card["model_overview"]["model_artifact"] == [registered["model_data_url"]]
+    from sagemaker.core.shapes.model_card_shapes import ModelCardContent
+
+    ModelCardContent.model_validate(card)  # the SDK's own model card shapes accept it
+
+
+def test_approving_a_blocked_model_needs_the_flag_then_registers_it(runs, capsys, moto_endpoint, monkeypatch) -> None:
+    home, (_, blocked, _), executions = runs
+    before = packages(home)
+    without = decide_args("approve", blocked, home, "--approver", "Ada Lovelace", "--reason", "ok")
+    code, _, err = cli(without, home, capsys)
+    assert code == 2 and "--accept-provider-obligations" in err and "Art. 53" in err
+    assert packages(home) == before and not (home / "audit" / "decisions").exists()  # nothing decided, nothing done
+
+    # the registry cannot be reached (a SageMaker endpoint nobody listens on): the decision is recorded, not lost
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    approve = ["--approver", "Ada Lovelace", "--reason", "provider duties accepted by the board on 2026-11-20"]
+    code, _, err = cli(
+        decide_args("approve", blocked, home, *approve, "--accept-provider-obligations", "--registry", "sagemaker"),
+        home,
+        capsys,
+    )
+    assert code == 2 and "unreachable" in err and "\n" not in err.strip()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    # the same command against the local registry completes it
+    code, out, _ = cli(decide_args("approve", blocked, home, *approve, "--accept-provider-obligations"), home, capsys)
+    assert code == 0 and "completing the decision" in out and "(Approved)" in out
+    [new] = [p for p in packages(home) if p not in before]
+    assert new["approval_status"] == "Approved" and new["execution_id"] == "approval"
+    model = executions[1].states["TrainWithMeter"].properties["ModelArtifacts.S3ModelArtifacts"]
+    assert new["model_data_url"] == model
+    decision = json.loads((home / "audit" / "decisions" / f"{blocked}.json").read_text())
+    assert decision["approver"] == "Ada Lovelace" and decision["accepted_provider_obligations"] is True
+    assert new["metadata"]["flops_meter:decision_sha256"] == decision["decision_sha256"] == decision_hash(decision)
+    assert new["metadata"]["flops_meter:decision_uri"].endswith(f"decisions/{blocked}.json")
+    assert new["metadata"]["flops_meter:record_sha256"] == decision["record_sha256"]
+    assert "provider duties accepted" in new["description"]
+    assert json.loads(new["model_card"])["additional_information"]["custom_details"]["flops_meter_crossed"] == "true"
+
+    code, out, _ = cli(["audit", "verify"], home, capsys)
+    assert code == 0 and "3 record(s) and 1 decision(s)" in out
+    code, out, _ = cli(["approvals", "list", "--status", "approved", "--json"], home, capsys)
+    assert [i["id"] for i in json.loads(out)] == [blocked]
+
+    # a second decision on the same item is refused, whatever it says
+    for verb in ("approve", "reject"):
+        code, _, err = cli(decide_args(verb, blocked, home, "--approver", "Bob", "--reason", "again"), home, capsys)
+        assert code == 2 and "already approved by Ada Lovelace" in err
+    assert len(packages(home)) == len(before) + 1
+
+
+def test_rejecting_a_blocked_model_leaves_it_unregistered(runs, capsys) -> None:
+    home, (_, _, second), _ = runs
+    before = packages(home)
+    code, out, _ = cli(decide_args("reject", second, home, "--approver", "Grace", "--reason", "too big"), home, capsys)
+    assert code == 0 and "stays unregistered" in out
+    assert packages(home) == before
+    code, out, _ = cli(["approvals", "show", second, "--json"], home, capsys)
+    shown = json.loads(out)
+    assert shown["status"] == "rejected" and shown["decision"]["reason"] == "too big"
+    assert main(["audit", "verify", "--store", f"file://{home / 'audit'}"]) == 0
+
+
+def test_approving_an_approaching_model_approves_its_package(runs, capsys) -> None:
+    home, (approaching, *_), _ = runs
+    [pending] = [p for p in packages(home) if p["approval_status"] == "PendingManualApproval"]
+    args = decide_args("approve", approaching, home, "--approver", "Ada", "--reason", "checked", "--json")
+    code, out, _ = cli(args, home, capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["registry_action"] == "approved" and result["model_package"] == pending["arn"]
+    [updated] = [p for p in packages(home) if p["arn"] == pending["arn"]]
+    assert updated["approval_status"] == "Approved"
+    assert updated["metadata"]["flops_meter:decision"] == "approved"
+    assert updated["metadata"]["flops_meter:regulatory_flops"] == pending["metadata"]["flops_meter:regulatory_flops"]
+
+
+def test_bad_decisions_get_one_line_errors(runs, capsys) -> None:
+    home, ids, _ = runs
+    cases = [
+        (["--approver", "  ", "--reason", "x"], ids[1], "--approver is empty"),
+        (["--approver", "Ada", "--reason", ""], ids[1], "--reason is empty"),
+        (["--approver", "Ada", "--reason", "x"], "ffffffffffff", "not found"),
+        (["--approver", "Ada", "--reason", "x"], "not-an-id", "give the id"),
+    ]
+    for extra, item, message in cases:
+        code, _, err = cli(decide_args("approve", item, home, *extra), home, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert main(["approvals", "show", "abcd", "--store", f"file://{home / 'audit'}"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_an_altered_decision_breaks_audit_verify(tmp_path, runs, capsys) -> None:
+    import shutil
+
+    home = runs[0]
+    audit = tmp_path / "audit"
+    shutil.copytree(home / "audit", audit)
+    [path, *_] = sorted((audit / "decisions").glob("*.json"))
+    decision = json.loads(path.read_text())
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps({**decision, "approver": "Mallory"}))
+    assert main(["audit", "verify", "--store", f"file://{audit}"]) == 1
+    assert "BROKEN at decision on item" in capsys.readouterr().out
+
+
+def test_an_unreachable_store_is_one_line(monkeypatch, capsys) -> None:
+    pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert main(["approvals", "list", "--store", "s3://nowhere/records?table=ledger"]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and err.count("\n") == 1
+
+
+def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
+    """The same decisions against SageMaker's Model Registry (moto) and the S3/DynamoDB store."""
+    import boto3
+
+    from meter.compliance import OriginalCompute, classify
+    from meter.governance import compliance_document, publish
+    from meter.stores import open_store
+    from tests.test_audit import run_record
+
+    store = open_store(s3_store_uri)
+    sm = boto3.client("sagemaker")
+    group = f"group-{os.urandom(4).hex()}"
+    sm.create_model_package_group(ModelPackageGroupName=group)
+    original = OriginalCompute(3e23, "table", "test")
+    items = {}
+    for flops, name in ((9 * 10**22, "approaching"), (2 * 10**23, "blocked")):
+        run = run_record(flops)
+        verdict = classify(flops, original)
+        doc = compliance_document(verdict, lineage=f"{group}-{name}", base_model="base", run_id=run["run_id"])
+        published = publish(store, run, doc)
+        item = flagged_item(
+            published.record,
+            published.uri,
+            model_uri=f"s3://artifacts/{name}/model.tar.gz",
+            report_uri=f"s3://artifacts/{name}/compliance.json",
+            model_package_group=group,
+            inference_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1",
+        )
+        store.put_document("flagged", item["id"], item)
+        items[name] = item
+    assert items["approaching"]["verdict"] == "approaching" and items["blocked"]["verdict"] == "gpai_provider"
+    pending = sm.create_model_package(  # what the pipeline's RegisterModel did for the approaching run
+        ModelPackageGroupName=group,
+        ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={
+            "Containers": [{"Image": items["approaching"]["inference_image"], "ModelDataUrl": "s3://a/m.tar.gz"}],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        CustomerMetadataProperties={"flops_meter:record_sha256": items["approaching"]["record_sha256"]},
+    )["ModelPackageArn"]
+
+    def decide(verb: str, item: dict, *extra: str) -> int:
+        return main(["approvals", verb, item["id"], "--approver", "Ada", "--reason", "reviewed", *extra,
+                     "--store", s3_store_uri])  # fmt: skip
+
+    assert decide("approve", items["approaching"]) == 0
+    described = sm.describe_model_package(ModelPackageName=pending)
+    assert described["ModelApprovalStatus"] == "Approved"
+    assert described["CustomerMetadataProperties"]["flops_meter:record_sha256"] == items["approaching"]["record_sha256"]
+    assert described["CustomerMetadataProperties"]["flops_meter:decision"] == "approved"
+
+    assert decide("approve", items["blocked"]) == 2
+    assert "--accept-provider-obligations" in capsys.readouterr().err
+    assert decide("approve", items["blocked"], "--accept-provider-obligations") == 0
+    summaries = sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    assert len(summaries) == 2
+    [registered] = [s["ModelPackageArn"] for s in summaries if s["ModelPackageArn"] != pending]
+    described = sm.describe_model_package(ModelPackageName=registered)
+    assert described["ModelApprovalStatus"] == "Approved"
+    assert described["CustomerMetadataProperties"]["flops_meter:record_sha256"] == items["blocked"]["record_sha256"]
+    assert described["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == items["blocked"]["model_uri"]
+    assert decide("reject", items["blocked"]) == 2
+    assert "already approved" in capsys.readouterr().err
+    report = store.verify()
+    assert report.ok and report.decisions == 2
+    assert item_id(items["blocked"]["record_sha256"]) == items["blocked"]["id"]
