@@ -9,7 +9,8 @@
 It creates a KMS key (rotated), an artifacts bucket and an audit bucket (Object Lock COMPLIANCE, 10 years by
 default: the AI Act keeps technical documentation for 10 years, Art. 18), an access-log bucket, the DynamoDB audit
 ledger, four least-privilege roles, the model package group, the pipeline (the definition ``pipelines/`` builds,
-its code deployed from CDK assets), the approvers' SNS topic and the EventBridge rules that feed it.
+its code deployed from CDK assets), the approvers' SNS topic, and the approval function that the EventBridge rules
+call when a model is blocked or a package changes state (it writes flagged items and notifies the approvers).
 """
 
 from __future__ import annotations
@@ -148,8 +149,17 @@ class GovernedFineTuningPipeline(Construct):
 
         # approvals
         self.topic = notifications.approvers_topic(self, self.key, list(approver_emails))
-        self.blocked_rule = notifications.blocked_rule(self, self.pipeline_arn, self.topic)
-        self.package_rule = notifications.package_rule(self, model_package_group_name, self.topic)
+        self.approval_function, self.approval_function_role = notifications.approval_function(
+            self,
+            topic=self.topic,
+            key=self.key,
+            audit=self.audit_bucket,
+            audit_prefix=audit_prefix,
+            audit_store_uri=self.audit_store_uri,
+            model_package_group=model_package_group_name,
+        )
+        self.blocked_rule = notifications.blocked_rule(self, self.pipeline_arn, self.approval_function)
+        self.package_rule = notifications.package_rule(self, model_package_group_name, self.approval_function)
 
         for name, value, description in (
             ("ArtifactsBucketName", self.artifacts_bucket.bucket_name, "code, inputs, executions, models"),

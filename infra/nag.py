@@ -28,6 +28,10 @@ RECORDS = (
 JOBS = "SageMaker Pipelines names the jobs it starts pipelines-<execution id>-<step>-<suffix> at run time"
 PACKAGES = "SageMaker numbers model package versions at registration; the statement is limited to this group"
 CODE_PREFIX = "the deployment copies content-addressed files (<prefix>/code/<sha256>/…) under the pipeline's prefix"
+FLAGGED = (
+    "the approval function reads content-addressed records (<prefix>/records/<sha256>.json) and flagged items "
+    "(<prefix>/flagged/<id>.json) and writes flagged items only; ids come from record hashes, known at run time"
+)
 RUNTIME = (
     "the runtime of aws-cdk-lib's BucketDeployment handler is chosen and tested by the CDK; the function runs "
     "only during deployment, to copy the pipeline's code into the artifacts bucket"
@@ -73,6 +77,10 @@ def acknowledge(governed) -> None:
     _iam5(pipeline_role, f"{artifacts}/{prefix}/executions/*", EXECUTIONS)
 
     _iam5(governed.code_deployment_role, f"{artifacts}/{prefix}/*", CODE_PREFIX)
+    function_role = governed.approval_function_role
+    _iam5(function_role, f"{audit}/{audit_prefix}/*", FLAGGED)
+    _iam5(function_role, f"{audit}/{audit_prefix}/flagged/*", FLAGGED)
+    _iam5(function_role, region.format(service="sagemaker", resource=f"model-package/{group}/*"), PACKAGES)
     for child in stack.node.children:  # the deployment's singleton function lives at the stack's root
         if child.node.id.startswith("Custom::CDKBucketDeployment"):
             _ack(child, "AwsSolutions-L1", RUNTIME)

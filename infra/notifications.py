@@ -1,50 +1,38 @@
-"""The approval plumbing: a topic for the compliance approvers and the EventBridge rules that feed it.
+"""The approval plumbing: the approvers' topic, the approval function, and the EventBridge rules that feed it.
 
-    blocked   a step of this pipeline stopped a model (PlanCrossesThreshold, RegistrationBlocked) -> topic
-    packages  a model package of this group changed state (registered, approved, rejected)       -> topic
+    blocked   a step of this pipeline stopped a model (PlanCrossesThreshold, RegistrationBlocked) -> function
+    packages  a model package of this group changed state (registered, approved, rejected)       -> function
 
-The approval workflow's function joins the rules as a second target (``rule.add_target``).
+The function (``pipelines.notify.handler``) makes sure the blocked run's flagged item is in the audit store and
+publishes a readable message (verdict, figures, links, the commands that decide) to the topic.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-import jsii
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from infra.roles import allow, least_privilege_role
 from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
+from pipelines.notify import PACKAGE_STATE, STEP_STATUS
 
-STEP_STATUS = "SageMaker Model Building Pipeline Execution Step Status Change"
-PACKAGE_STATE = "SageMaker Model Package State Change"
-
-
-@jsii.implements(events.IRuleTarget)
-class TopicTarget:
-    """The topic as a rule target, with a topic policy for this rule only.
-
-    The CDK's SnsTopic target would also add ``kms:GenerateDataKey*`` (a wildcard action) to the key policy and
-    let every EventBridge rule of the account publish; this target lets exactly this rule publish.
-    """
-
-    def __init__(self, topic: sns.ITopic, message: events.RuleTargetInput) -> None:
-        self.topic, self.message = topic, message
-
-    def bind(self, rule: events.IRule, id: str | None = None) -> events.RuleTargetConfig:
-        self.topic.add_to_resource_policy(
-            iam.PolicyStatement(
-                principals=[iam.ServicePrincipal("events.amazonaws.com")],
-                actions=["sns:Publish"],
-                resources=[self.topic.topic_arn],
-                conditions={"ArnEquals": {"aws:SourceArn": rule.rule_arn}},
-            )
-        )
-        return events.RuleTargetConfig(arn=self.topic.topic_arn, input=self.message)
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME = lambda_.Runtime.PYTHON_3_14  # the latest (cdk-nag L1); its boto3 has S3 conditional writes
 
 
 def approvers_topic(scope: Construct, key: kms.Key, emails: Sequence[str]) -> sns.Topic:
@@ -57,28 +45,74 @@ def approvers_topic(scope: Construct, key: kms.Key, emails: Sequence[str]) -> sn
     )
     for email in emails:
         topic.add_subscription(subscriptions.EmailSubscription(email))
-    # EventBridge publishes to the encrypted topic: it needs the key (a key policy statement, for this key only)
-    key.add_to_resource_policy(
-        iam.PolicyStatement(
-            sid="EventBridgePublishesToApprovalTopic",
-            principals=[iam.ServicePrincipal("events.amazonaws.com")],
-            actions=["kms:Decrypt", "kms:GenerateDataKey"],
-            resources=["*"],  # in a key policy, "*" is this key
-        )
-    )
     return topic
 
 
-def _rule(
-    scope: Construct, id: str, description: str, pattern: events.EventPattern, topic: sns.ITopic, message: str
-) -> events.Rule:
+def function_source() -> Path:
+    """The function's code: the sources of ``meter`` and ``pipelines`` (pure Python; boto3 is in the runtime)."""
+    staged = Path(tempfile.mkdtemp(prefix="flops-meter-approvals-"))
+    atexit.register(shutil.rmtree, staged, True)  # the CDK copies assets into the cloud assembly at construction
+    for package in ("meter", "pipelines"):
+        shutil.copytree(ROOT / package, staged / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return staged
+
+
+def approval_function(
+    scope: Construct,
+    *,
+    topic: sns.ITopic,
+    key: kms.IKey,
+    audit: s3.IBucket,
+    audit_prefix: str,
+    audit_store_uri: str,
+    model_package_group: str,
+) -> tuple[lambda_.Function, iam.Role]:
+    """The function and its role (written out here; the function gets it without policy updates)."""
+    stack = Stack.of(scope)
+    log_group = logs.LogGroup(scope, "ApprovalFunctionLogs", retention=logs.RetentionDays.ONE_YEAR)
+    packages = stack.format_arn(
+        service="sagemaker", resource="model-package", resource_name=f"{model_package_group.lower()}/*"
+    )
+    role = least_privilege_role(
+        scope,
+        "ApprovalFunctionRole",
+        "flops-meter approval function: reads records, writes flagged items, notifies the approvers",
+        [
+            allow(["s3:GetObject"], [audit.arn_for_objects(f"{audit_prefix}/*")]),
+            allow(["s3:PutObject"], [audit.arn_for_objects(f"{audit_prefix}/flagged/*")]),
+            allow(["s3:ListBucket"], [audit.bucket_arn], {"StringLike": {"s3:prefix": f"{audit_prefix}/*"}}),
+            allow(["s3:GetBucketObjectLockConfiguration"], [audit.bucket_arn]),
+            allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], [key.key_arn]),
+            allow(["sns:Publish"], [topic.topic_arn]),
+            allow(["sagemaker:DescribeModelPackage"], [packages]),
+            allow(["logs:CreateLogStream", "logs:PutLogEvents"], [log_group.log_group_arn]),
+        ],
+        principal=iam.ServicePrincipal("lambda.amazonaws.com"),
+    )
+    function = lambda_.Function(
+        scope,
+        "ApprovalFunction",
+        description="flops-meter: flagged items and approver notifications for blocked and registered models",
+        runtime=RUNTIME,
+        handler="pipelines.notify.handler",
+        code=lambda_.Code.from_asset(str(function_source())),
+        role=role.without_policy_updates(),
+        log_group=log_group,
+        timeout=Duration.seconds(60),
+        memory_size=256,
+        environment={"AUDIT_STORE_URI": audit_store_uri, "TOPIC_ARN": topic.topic_arn},
+    )
+    return function, role
+
+
+def _rule(scope: Construct, id: str, description: str, pattern: events.EventPattern, fn: lambda_.IFunction):
     rule = events.Rule(scope, id, description=description, event_pattern=pattern)
-    rule.add_target(TopicTarget(topic, events.RuleTargetInput.from_multiline_text(message)))
+    # EventBridge retries a failed invocation for up to a day (a store briefly unreachable loses no message)
+    rule.add_target(targets.LambdaFunction(fn, retry_attempts=20, max_event_age=Duration.hours(24)))
     return rule
 
 
-def blocked_rule(scope: Construct, pipeline_arn: str, topic: sns.ITopic) -> events.Rule:
-    field = events.EventField.from_path
+def blocked_rule(scope: Construct, pipeline_arn: str, fn: lambda_.IFunction) -> events.Rule:
     return _rule(
         scope,
         "BlockedRule",
@@ -92,16 +126,11 @@ def blocked_rule(scope: Construct, pipeline_arn: str, topic: sns.ITopic) -> even
                 "currentStepStatus": ["Failed"],
             },
         ),
-        topic,
-        f"flops-meter: a fine-tuning run was stopped at {field('$.detail.stepName')}.\n"
-        f"{field('$.detail.failureReason')}\n"
-        f"Execution: {field('$.detail.pipelineExecutionArn')}\n"
-        "Decide with: flops-meter approvals list --store <audit store URI in the stack outputs>",
+        fn,
     )
 
 
-def package_rule(scope: Construct, group: str, topic: sns.ITopic) -> events.Rule:
-    field = events.EventField.from_path
+def package_rule(scope: Construct, group: str, fn: lambda_.IFunction) -> events.Rule:
     return _rule(
         scope,
         "ModelPackageRule",
@@ -109,6 +138,5 @@ def package_rule(scope: Construct, group: str, topic: sns.ITopic) -> events.Rule
         events.EventPattern(
             source=["aws.sagemaker"], detail_type=[PACKAGE_STATE], detail={"ModelPackageGroupName": [group]}
         ),
-        topic,
-        f"flops-meter: model package {field('$.detail.ModelPackageArn')} is {field('$.detail.ModelApprovalStatus')}.",
+        fn,
     )

@@ -267,3 +267,148 @@ def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
     report = store.verify()
     assert report.ok and report.decisions == 2
     assert item_id(items["blocked"]["record_sha256"]) == items["blocked"]["id"]
+
+
+# -- the approval function (Lambda) ----------------------------------------------------------------------------------
+
+STEP = "SageMaker Model Building Pipeline Execution Step Status Change"
+PACKAGE = "SageMaker Model Package State Change"
+ACCOUNT, REGION = "123456789012", "eu-west-1"
+PIPELINE = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:pipeline/flops-meter-governed"
+EXECUTION = f"{PIPELINE}/execution/abc123def456"
+
+
+def event(kind: str, detail: dict) -> dict:
+    """An EventBridge event as SageMaker sends it (envelope and detail fields)."""
+    return {"version": "0", "id": os.urandom(8).hex(), "detail-type": kind, "source": "aws.sagemaker",
+            "account": ACCOUNT, "time": "2026-11-22T10:00:00Z", "region": REGION,
+            "resources": [PIPELINE, EXECUTION] if kind == STEP else [detail.get("ModelPackageArn", "")],
+            "detail": detail}  # fmt: skip
+
+
+def step_event(step: str, reason: str) -> dict:
+    return event(STEP, {
+        "metadata": {}, "stepStartTime": "2026-11-22T09:59:00Z", "stepEndTime": "2026-11-22T10:00:00Z",
+        "stepName": step, "stepType": "Fail", "previousStepStatus": "Executing", "currentStepStatus": "Failed",
+        "failureReason": reason, "pipelineArn": PIPELINE, "pipelineExecutionArn": EXECUTION,
+    })  # fmt: skip
+
+
+@pytest.fixture
+def notified(s3_store_uri, monkeypatch):
+    """The function's environment: the S3 store, a topic, and a queue subscribed to it (to read what it sent)."""
+    import boto3
+
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name=f"approvers-{os.urandom(4).hex()}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"inbox-{os.urandom(4).hex()}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    monkeypatch.setenv("AUDIT_STORE_URI", s3_store_uri)
+    monkeypatch.setenv("TOPIC_ARN", topic)
+
+    def inbox() -> list[dict]:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        for m in got:
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        return [json.loads(m["Body"]) for m in got]
+
+    return s3_store_uri, inbox
+
+
+def crossed_record(store, lineage: str, flops: int = 2 * 10**23):
+    from meter.compliance import OriginalCompute, classify
+    from meter.governance import compliance_document, publish
+    from tests.test_audit import run_record
+
+    run = run_record(flops)
+    verdict = classify(flops, OriginalCompute(3e23, "table", "test"))
+    return publish(store, run, compliance_document(verdict, lineage=lineage, base_model="base", run_id=run["run_id"]))
+
+
+def test_the_function_writes_the_flagged_item_and_notifies_on_a_blocked_run(runs, notified) -> None:
+    from meter.stores import open_store
+    from pipelines.notify import handler
+
+    store_uri, inbox = notified
+    store = open_store(store_uri)
+    published = crossed_record(store, f"lineage-{os.urandom(3).hex()}")
+    sha = published.record["record_sha256"]
+    # the pipeline's own RegistrationBlocked message (from the local run), naming this record
+    local = runs[2][1]
+    local_sha = local.states["PublishAudit"].property_files["AuditReport"]["record_sha256"]
+    local_uri = local.states["PublishAudit"].property_files["AuditReport"]["record_uri"]
+    reason = local.failure.replace(local_uri, published.uri).replace(local_sha, sha)
+    assert store.get_document("flagged", sha[:12]) is None  # PublishAudit wrote none here: the function builds it
+
+    result = handler(step_event("RegistrationBlocked", reason))
+    assert result["published"] and result["item"] == sha[:12]
+    item = store.get_document("flagged", sha[:12])
+    assert item["record_sha256"] == sha and item["verdict"] == "gpai_provider" and item["blocked"] is True
+    [message] = inbox()
+    assert message["Subject"] == f"flops-meter: registration blocked, gpai_provider ({sha[:12]})"
+    body = message["Message"]
+    assert published.uri in body and EXECUTION in body and item["figures"]["cumulative"] in body
+    command = f"flops-meter approvals approve {sha[:12]} --approver NAME --reason TEXT --accept-provider-obligations"
+    assert command in body
+    assert f"--store '{store_uri}'" in body
+
+    handler(step_event("RegistrationBlocked", reason))  # a redelivered event: the same item, one more message
+    assert store.documents("flagged") == [item] and len(inbox()) == 1
+
+
+def test_the_function_notifies_a_stopped_plan_and_registered_packages(notified) -> None:
+    import boto3
+
+    from meter.flagged import flagged_item
+    from meter.stores import open_store
+    from pipelines.notify import handler
+
+    store_uri, inbox = notified
+    result = handler(step_event("PlanCrossesThreshold", "Pre-flight gate: the planned compute (4.0e+23 FLOP) ..."))
+    assert result["published"] and result["item"] is None
+    [message] = inbox()
+    assert "before training" in message["Subject"] and "Pre-flight gate" in message["Message"]
+
+    store = open_store(store_uri)
+    sm = boto3.client("sagemaker")
+    group = f"group-{os.urandom(4).hex()}"
+    sm.create_model_package_group(ModelPackageGroupName=group)
+    published = crossed_record(store, group, flops=9 * 10**22)  # approaching
+    item = flagged_item(published.record, published.uri, model_package_group=group)
+    store.put_document("flagged", item["id"], item)
+    image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1"
+    spec = {
+        "Containers": [{"Image": image, "ModelDataUrl": "s3://a/m.tar.gz"}],
+        "SupportedContentTypes": ["application/json"],
+        "SupportedResponseMIMETypes": ["application/json"],
+    }
+    packages = {}
+    for name, metadata in (
+        ("approaching", {"flops_meter:status": "approaching", "flops_meter:record_sha256": item["record_sha256"]}),
+        ("below", {"flops_meter:status": "downstream_modifier", "flops_meter:cumulative_flops": "5465143296",
+                   "flops_meter:threshold_flops": "3.333333333333333e+22"}),
+        ("foreign", {"team": "search"}),
+    ):  # fmt: skip
+        packages[name] = sm.create_model_package(
+            ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval",
+            InferenceSpecification=spec, CustomerMetadataProperties=metadata,
+        )["ModelPackageArn"]  # fmt: skip
+
+    def package_event(arn: str) -> dict:
+        d = sm.describe_model_package(ModelPackageName=arn)
+        return event(PACKAGE, {"ModelPackageGroupName": group, "ModelPackageVersion": d["ModelPackageVersion"],
+                               "ModelPackageArn": arn, "ModelPackageStatus": "Completed",
+                               "ModelApprovalStatus": d["ModelApprovalStatus"]})  # fmt: skip
+
+    assert handler(package_event(packages["approaching"]))["item"] == item["id"]
+    [message] = inbox()
+    assert "PendingManualApproval (approaching)" in message["Subject"]
+    assert f"flops-meter approvals approve {item['id']} --approver NAME --reason TEXT --store" in message["Message"]
+    assert "--accept-provider-obligations" not in message["Message"]
+    assert handler(package_event(packages["below"]))["published"]
+    [message] = inbox()
+    assert "5.47e+09 of threshold 3.33e+22 FLOP" in message["Message"] and "approvals" not in message["Message"]
+    assert handler(package_event(packages["foreign"]))["published"] is False
+    assert handler(event("Something Else", {}))["published"] is False
+    assert inbox() == []
