@@ -169,14 +169,10 @@ def test_key_ledger_and_topic(synth) -> None:
     assert topic["Properties"]["KmsMasterKeyId"] == key_arn
     subscriptions = resources(t, "AWS::SNS::Subscription").values()
     assert sorted(s["Properties"]["Endpoint"] for s in subscriptions) == ["compliance@example.com", "dpo@example.com"]
+    # TLS only; no service principal publishes: the approval function does, with its role
     t.has_resource_properties("AWS::SNS::TopicPolicy", {"PolicyDocument": {"Statement": [
         {"Action": "sns:Publish", "Condition": {"Bool": {"aws:SecureTransport": "false"}}, "Effect": "Deny",
          "Principal": "*", "Resource": {"Ref": logical_id(stack, g.topic)}, "Sid": "AllowPublishThroughSSLOnly"},
-    ] + [
-        {"Action": "sns:Publish", "Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"},
-         "Condition": {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [logical_id(stack, rule), "Arn"]}}},
-         "Resource": {"Ref": logical_id(stack, g.topic)}, "Sid": sid}
-        for sid, rule in (("1", g.blocked_rule), ("2", g.package_rule))
     ], "Version": "2012-10-17"}})  # fmt: skip
 
 
@@ -210,15 +206,16 @@ def test_audit_role_can_append_but_never_delete_or_unlock(synth) -> None:
         for s in stmts:
             forbidden = [a for a in actions(s) if a.startswith(AUDIT_FORBIDDEN) or a.startswith("s3:Delete")]
             assert not forbidden, f"{lid} may {forbidden}"
-    # the audit bucket is written by the audit role only
+    # the audit bucket is written by the audit role, and by the approval function under flagged/ only
     audit_arn = {"Fn::GetAtt": [logical_id(stack, g.audit_bucket), "Arn"]}
     writers = {
-        lid
+        lid: s["Resource"]["Fn::Join"][1]
         for lid, stmts in roles.items()
         for s in stmts
         if "s3:PutObject" in actions(s) and audit_arn in json.loads(json.dumps(s["Resource"]))["Fn::Join"][1]
     }
-    assert writers == {logical_id(stack, g.audit_role)}
+    assert set(writers) == {logical_id(stack, g.audit_role), logical_id(stack, g.approval_function_role)}
+    assert writers[logical_id(stack, g.approval_function_role)] == [audit_arn, "/records/flagged/*"]
 
 
 def test_pipeline_roles_pass_only_the_step_roles_to_sagemaker(synth) -> None:
@@ -356,13 +353,49 @@ def test_rules_watch_blocked_executions_and_model_packages(synth) -> None:
     packages = rules[logical_id(stack, g.package_rule)]["Properties"]["EventPattern"]
     assert packages["detail-type"] == ["SageMaker Model Package State Change"]
     assert packages["detail"] == {"ModelPackageGroupName": ["flops-meter-models"]}
+    function = logical_id(stack, g.approval_function)
     for rule in (g.blocked_rule, g.package_rule):
         (target,) = rules[logical_id(stack, rule)]["Properties"]["Targets"]
-        assert target["Arn"] == {"Ref": logical_id(stack, g.topic)}
-        assert "InputTransformer" in target
+        assert target["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
+        assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 20}
+        source = {"Fn::GetAtt": [logical_id(stack, rule), "Arn"]}
+        t.has_resource_properties("AWS::Lambda::Permission", {
+            "Action": "lambda:InvokeFunction", "FunctionName": {"Fn::GetAtt": [function, "Arn"]},
+            "Principal": "events.amazonaws.com", "SourceArn": source})  # fmt: skip
     (group,) = resources(t, "AWS::SageMaker::ModelPackageGroup").values()
     assert group["Properties"]["ModelPackageGroupName"] == "flops-meter-models"
     assert group["DeletionPolicy"] == "Retain"  # registered models carry their verdicts
+
+
+def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
+    """The function's asset holds meter/ and pipelines/; its handler imports there without the SageMaker SDK."""
+    t, stack, g = synth["template"], synth["stack"], synth["governed"]
+    props = resources(t, "AWS::Lambda::Function")[logical_id(stack, g.approval_function)]["Properties"]
+    assert props["Handler"] == "pipelines.notify.handler" and props["Runtime"].startswith("python3.")
+    assert props["Role"] == {"Fn::GetAtt": [logical_id(stack, g.approval_function_role), "Arn"]}
+    resolve = Resolver(stack, g)
+    env = props["Environment"]["Variables"]
+    assert resolve(env["AUDIT_STORE_URI"]) == (
+        "s3://acme-audit-3c4d/records?table=acme-ledger-5e6f&region=eu-central-1&retention=bucket"
+    )
+    assert env["TOPIC_ARN"] == {"Ref": logical_id(stack, g.topic)}
+    asset = synth["outdir"] / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
+    assert (asset / "meter" / "flagged.py").read_bytes() == (ROOT / "meter" / "flagged.py").read_bytes()
+    assert not list(asset.rglob("__pycache__")) and not (asset / "infra").exists()
+    probe = (
+        "import sys; import pipelines.notify as n; assert callable(n.handler); "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('sagemaker', 'torch', 'aws_cdk')], 'heavy import'"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=asset, env={**os.environ, "PYTHONPATH": str(asset)},
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    statements_ = identity_statements(t)[logical_id(stack, g.approval_function_role)]
+    granted = sorted(a for s in statements_ for a in actions(s))
+    assert granted == sorted([
+        "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketObjectLockConfiguration", "kms:Decrypt",
+        "kms:Encrypt", "kms:GenerateDataKey", "sns:Publish", "sagemaker:DescribeModelPackage",
+        "logs:CreateLogStream", "logs:PutLogEvents",
+    ])  # fmt: skip
 
 
 def test_outputs(synth) -> None:
