@@ -80,7 +80,9 @@ def approval_function(
         [
             allow(["s3:GetObject"], [audit.arn_for_objects(f"{audit_prefix}/*")]),
             allow(["s3:PutObject"], [audit.arn_for_objects(f"{audit_prefix}/flagged/*")]),
-            allow(["s3:ListBucket"], [audit.bucket_arn], {"StringLike": {"s3:prefix": f"{audit_prefix}/*"}}),
+            # unconditioned: S3 answers a GET of a missing key (an item not yet written) with 404 instead of 403
+            # only to a caller with ListBucket, and a GET carries no s3:prefix for a condition to match
+            allow(["s3:ListBucket"], [audit.bucket_arn]),
             allow(["s3:GetBucketObjectLockConfiguration"], [audit.bucket_arn]),
             allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], [key.key_arn]),
             allow(["sns:Publish"], [topic.topic_arn]),

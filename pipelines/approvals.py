@@ -267,6 +267,7 @@ def add_parser(sub) -> None:
     sh = asub.add_parser("show", help="one item: verdict, figures, record, report, decision")
     sh.add_argument("id", help="the item id (or a unique prefix; or its record's SHA-256)")
     common(sh)
+    sh.add_argument("--home", default=DEFAULT_HOME, metavar="DIR", help="a local run's home: shows its files' paths")
     sh.add_argument("--json", action="store_true")
     decisions = {
         "approve": "approve an item: registers or approves its model",
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(item.to_dict(), indent=2))
         else:
-            print_item(item, args.store)
+            print_item(item, args.store, Path(args.home))
         return 0
     from pipelines.registries import open_registry
 
@@ -346,17 +347,26 @@ def print_items(items: list[Item], where: str) -> None:
         table.add_column(col, overflow="fold")
     for i in items:
         figures = i.doc.get("figures") or {}
-        who = f"{i.decision['approver']} ({i.decision['decided_at']})" if i.decision else ""
+        who = f"{i.decision['approver']} ({i.decision['decided_at'][:16].replace('T', ' ')})" if i.decision else ""
         blocked = "yes" if i.doc["blocked"] else "no"
         row = (i.id, i.status, i.doc["verdict"], blocked, i.doc["lineage"], figures.get("cumulative", ""))
-        table.add_row(*row, figures.get("threshold", ""), i.doc.get("flagged_at") or "", who)
+        flagged = (i.doc.get("flagged_at") or "")[:16].replace("T", " ")
+        table.add_row(*row, figures.get("threshold", ""), flagged, who)
     console.print(table)
     if any(i.status == "pending" for i in items):
         console.print("decide with: flops-meter approvals show ID, then approvals approve|reject ID --approver NAME "
                       "--reason TEXT")  # fmt: skip
 
 
-def print_item(item: Item, store_flag: str | None) -> None:
+def _here(uri: str | None, home: Path) -> str:
+    """An S3 URI, and where a local run keeps that object (HOME/objects/<bucket>/<key>) when it is there."""
+    if not uri:
+        return "-"
+    local = home / "objects" / uri.removeprefix("s3://")
+    return f"{uri}\n               here: {local}" if uri.startswith("s3://") and local.exists() else uri
+
+
+def print_item(item: Item, store_flag: str | None, home: Path) -> None:
     console, doc = _console(), item.doc
     figures = doc.get("figures") or {}
     console.print(f"[bold]item {item.id}[/bold]: {item.status}")
@@ -367,8 +377,8 @@ def print_item(item: Item, store_flag: str | None) -> None:
         f"threshold {figures.get('threshold', '?')} ({doc.get('threshold_rule')})"
     )
     console.print(f"  record       {doc['record_uri']}  (sha256 {doc['record_sha256']})")
-    console.print(f"  report       {doc.get('report_uri') or '-'}")
-    console.print(f"  model        {doc.get('model_uri') or '-'}")
+    console.print(f"  report       {_here(doc.get('report_uri'), home)}")
+    console.print(f"  model        {_here(doc.get('model_uri'), home)}")
     flag = f" --store {store_flag}" if store_flag else ""
     console.print(f"  full report  flops-meter report {doc['record_sha256'][:12]}{flag} --out report.html")
     d = item.decision

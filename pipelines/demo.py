@@ -80,6 +80,8 @@ def run_demo(home: Path, quiet: bool = True) -> int:
     sha = last.states["PublishAudit"].property_files.get("AuditReport", {}).get("record_sha256")
     if sha:
         console.print(f"  flops-meter report {sha[:12]}{flag} --out report.html")
+    if sha:
+        console.print(f"  flops-meter approvals list{flag}   # the blocked run waits for a named person's decision")
     console.print(f"  flops-meter pipeline status {last.execution_id} --home {home}")
     console.print("  flops-meter pipeline definition > pipeline.json   # the same pipeline, for SageMaker")
     expected = [0, 1, 1]
