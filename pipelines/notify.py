@@ -106,6 +106,9 @@ def on_package(detail: dict[str, Any], sagemaker, store, store_uri: str) -> tupl
         lines += ["", *_summary(item)]
         if status == "PendingManualApproval":
             lines += ["", *_commands(item, store_uri)]
+        elif not metadata.get("flops_meter:decision"):  # set in the console: no one is on record for it
+            lines += ["", "No decision is recorded for this change. Record who decided and why (the package's "
+                      "status then follows the recorded decision):", *_commands(item, store_uri)[2:]]  # fmt: skip
     else:
         flops, threshold = metadata.get("flops_meter:cumulative_flops"), metadata.get("flops_meter:threshold_flops")
         lines.append(f"Verdict: {verdict} (lineage compute {_flops(flops)} of threshold {_flops(threshold)} FLOP).")

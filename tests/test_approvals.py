@@ -406,9 +406,22 @@ def test_the_function_notifies_a_stopped_plan_and_registered_packages(notified) 
     assert "PendingManualApproval (approaching)" in message["Subject"]
     assert f"flops-meter approvals approve {item['id']} --approver NAME --reason TEXT --store" in message["Message"]
     assert "--accept-provider-obligations" not in message["Message"]
+    sm.update_model_package(
+        ModelPackageArn=packages["approaching"],
+        ModelApprovalStatus="Approved",
+        CustomerMetadataProperties=metadata_of(sm, packages["approaching"]),
+    )  # in the console
+    handler(package_event(packages["approaching"]))
+    [message] = inbox()
+    assert "Approved (approaching)" in message["Subject"] and "No decision is recorded" in message["Message"]
+    assert f"flops-meter approvals approve {item['id']} --approver NAME" in message["Message"]
     assert handler(package_event(packages["below"]))["published"]
     [message] = inbox()
     assert "5.47e+09 of threshold 3.33e+22 FLOP" in message["Message"] and "approvals" not in message["Message"]
     assert handler(package_event(packages["foreign"]))["published"] is False
     assert handler(event("Something Else", {}))["published"] is False
     assert inbox() == []
+
+
+def metadata_of(sm, arn: str) -> dict:
+    return sm.describe_model_package(ModelPackageName=arn).get("CustomerMetadataProperties") or {}
