@@ -158,6 +158,7 @@ class GovernedFineTuningPipeline(Construct):
             audit_store_uri=self.audit_store_uri,
             model_package_group=model_package_group_name,
         )
+        self.approver_policy = roles.approver_policy(self, access)
         self.blocked_rule = notifications.blocked_rule(self, self.pipeline_arn, self.approval_function)
         self.package_rule = notifications.package_rule(self, model_package_group_name, self.approval_function)
 
@@ -171,5 +172,6 @@ class GovernedFineTuningPipeline(Construct):
             ("PipelineArn", self.pipeline_arn, "SageMaker pipeline ARN"),
             ("ApprovalTopicArn", self.topic.topic_arn, "SNS topic of the compliance approvers"),
             ("ModelPackageGroupName", model_package_group_name, "SageMaker model package group"),
+            ("ApproverPolicyArn", self.approver_policy.managed_policy_arn, "attach to the approvers' roles"),
         ):
             CfnOutput(self, name, value=value, description=description).override_logical_id(name)

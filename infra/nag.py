@@ -28,6 +28,11 @@ RECORDS = (
 JOBS = "SageMaker Pipelines names the jobs it starts pipelines-<execution id>-<step>-<suffix> at run time"
 PACKAGES = "SageMaker numbers model package versions at registration; the statement is limited to this group"
 CODE_PREFIX = "the deployment copies content-addressed files (<prefix>/code/<sha256>/…) under the pipeline's prefix"
+LIST_PACKAGES = "sagemaker:ListModelPackages supports no resource-level permission (it lists by group name)"
+APPROVER_RECORDS = (
+    "approvers read content-addressed records and items (<prefix>/<kind>/<sha256 or id>.json) and write decisions "
+    "only (<prefix>/decisions/<id>.json, write-once); names are known only at run time"
+)
 FLAGGED = (
     "the approval function reads content-addressed records (<prefix>/records/<sha256>.json) and flagged items "
     "(<prefix>/flagged/<id>.json) and writes flagged items only; ids come from record hashes, known at run time"
@@ -81,6 +86,11 @@ def acknowledge(governed) -> None:
     _iam5(function_role, f"{audit}/{audit_prefix}/*", FLAGGED)
     _iam5(function_role, f"{audit}/{audit_prefix}/flagged/*", FLAGGED)
     _iam5(function_role, region.format(service="sagemaker", resource=f"model-package/{group}/*"), PACKAGES)
+    approvers = governed.approver_policy
+    _iam5(approvers, "*", LIST_PACKAGES)
+    _iam5(approvers, f"{audit}/{audit_prefix}/*", APPROVER_RECORDS)
+    _iam5(approvers, f"{audit}/{audit_prefix}/decisions/*", APPROVER_RECORDS)
+    _iam5(approvers, region.format(service="sagemaker", resource=f"model-package/{group}/*"), PACKAGES)
     for child in stack.node.children:  # the deployment's singleton function lives at the stack's root
         if child.node.id.startswith("Custom::CDKBucketDeployment"):
             _ack(child, "AwsSolutions-L1", RUNTIME)

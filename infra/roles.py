@@ -179,3 +179,32 @@ def pipeline_role(scope: Construct, a: Access, step_roles: Sequence[iam.IRole]) 
             allow(["kms:CreateGrant"], [a.key.key_arn], {"Bool": {"kms:GrantIsForAWSResource": "true"}}),
         ],
     )
+
+
+def approver_policy(scope: Construct, a: Access) -> iam.ManagedPolicy:
+    """What `flops-meter approvals` and `audit verify` need against this stack: attach it to the approvers' roles.
+
+    Read records and the ledger, write decisions (write-once, under the audit bucket's retention), register and
+    approve models of this group. Like the audit role: no delete, no retention change, no ledger write.
+    """
+    stack = Stack.of(scope)
+    group = a.model_package_group.lower()
+    packages = stack.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")
+    package_group = stack.format_arn(service="sagemaker", resource="model-package-group", resource_name=group)
+    return iam.ManagedPolicy(
+        scope,
+        "ApproverPolicy",
+        description="flops-meter approvers: read the audit store, record decisions, register and approve models",
+        statements=[
+            allow(["s3:GetObject"], [a.audit.arn_for_objects(f"{a.audit_prefix}/*")]),
+            allow(["s3:PutObject"], [a.audit.arn_for_objects(f"{a.audit_prefix}/decisions/*")]),
+            allow(["s3:ListBucket", "s3:GetBucketObjectLockConfiguration"], [a.audit.bucket_arn]),
+            allow(["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"], [a.ledger.table_arn]),
+            allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [a.key.key_arn]),
+            allow(
+                ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage"],
+                [package_group, packages],
+            ),
+            allow(["sagemaker:ListModelPackages"], ["*"]),
+        ],
+    )

@@ -75,8 +75,9 @@ def identity_statements(template) -> dict[str, list[dict]]:
     out = {}
     for lid, r in resources(template, "AWS::IAM::Role").items():
         out[lid] = [s for p in r["Properties"].get("Policies", []) for s in statements(p["PolicyDocument"])]
-    for lid, r in resources(template, "AWS::IAM::Policy").items():
-        out[lid] = statements(r["Properties"]["PolicyDocument"])
+    for kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+        for lid, r in resources(template, kind).items():
+            out[lid] = statements(r["Properties"]["PolicyDocument"])
     return out
 
 
@@ -183,7 +184,7 @@ def test_no_wildcard_actions(synth) -> None:
         for s in stmts:
             assert s["Effect"] == "Allow"
             assert not [a for a in actions(s) if "*" in a], f"{lid}: {actions(s)}"
-    assert not resources(t, "AWS::IAM::ManagedPolicy")
+    assert len(resources(t, "AWS::IAM::ManagedPolicy")) == 1  # ours, for the approvers; no AWS-managed one
     for lid, role in resources(t, "AWS::IAM::Role").items():
         assert "ManagedPolicyArns" not in role["Properties"], lid  # nothing AWS-managed, nothing broader
     # resource policies: wildcards only where they deny (TLS-only) or in the key's delegation to the account
@@ -214,8 +215,10 @@ def test_audit_role_can_append_but_never_delete_or_unlock(synth) -> None:
         for s in stmts
         if "s3:PutObject" in actions(s) and audit_arn in json.loads(json.dumps(s["Resource"]))["Fn::Join"][1]
     }
-    assert set(writers) == {logical_id(stack, g.audit_role), logical_id(stack, g.approval_function_role)}
-    assert writers[logical_id(stack, g.approval_function_role)] == [audit_arn, "/records/flagged/*"]
+    function, approvers = logical_id(stack, g.approval_function_role), logical_id(stack, g.approver_policy)
+    assert set(writers) == {logical_id(stack, g.audit_role), function, approvers}
+    assert writers[function] == [audit_arn, "/records/flagged/*"]
+    assert writers[approvers] == [audit_arn, "/records/decisions/*"]
 
 
 def test_pipeline_roles_pass_only_the_step_roles_to_sagemaker(synth) -> None:
@@ -398,6 +401,19 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
     ])  # fmt: skip
 
 
+def test_approver_policy_is_what_the_approvals_commands_call(synth) -> None:
+    """The actions of the calls `approvals` and `audit verify` make against this stack (S3Store, SageMakerRegistry)."""
+    t, stack, g = synth["template"], synth["stack"], synth["governed"]
+    granted = sorted(a for s in identity_statements(t)[logical_id(stack, g.approver_policy)] for a in actions(s))
+    assert granted == sorted([
+        "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketObjectLockConfiguration",
+        "dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem",
+        "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey",
+        "sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage",
+        "sagemaker:ListModelPackages",
+    ])  # fmt: skip
+
+
 def test_outputs(synth) -> None:
     outputs = synth["template"].find_outputs("*")
     assert set(outputs) >= {
@@ -408,6 +424,7 @@ def test_outputs(synth) -> None:
         "PipelineName",
         "PipelineArn",
         "ApprovalTopicArn",
+        "ApproverPolicyArn",
         "ModelPackageGroupName",
     }
 
