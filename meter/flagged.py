@@ -65,6 +65,10 @@ def flagged_item(
     }
 
 
+def item_hash(item: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(item)).hexdigest()
+
+
 def decision_hash(decision: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in decision.items() if k != "decision_sha256"})).hexdigest()
 
@@ -90,6 +94,7 @@ def decision_document(
         "accepted_provider_obligations": accepted_provider_obligations,
         "verdict": item["verdict"],
         "record_sha256": item["record_sha256"],  # the chain: this decision is about exactly that record
+        "item_sha256": item_hash(item),  # ... and that item (its model artifact, report, group)
         "model_package": model_package,
         "model_package_group": item.get("model_package_group"),
         "decided_at": decided_at,
@@ -105,6 +110,8 @@ def check_decision(decision: dict[str, Any], item: dict[str, Any] | None, record
         return f"its flagged item {decision.get('item_id')} is missing"
     if decision.get("record_sha256") != item.get("record_sha256") or decision.get("item_id") != item.get("id"):
         return "it names another record than its flagged item"
+    if decision.get("item_sha256") != item_hash(item):
+        return f"its flagged item {item.get('id')} changed after the decision (altered)"
     if record is None or record.get("record_sha256") != decision["record_sha256"]:
         return f"the record it decides on ({decision['record_sha256'][:12]}) is not in the store"
     if item.get("verdict") != record["verdict"]["status"] or decision.get("verdict") != item.get("verdict"):

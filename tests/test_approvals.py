@@ -186,6 +186,12 @@ def test_an_altered_decision_breaks_audit_verify(tmp_path, runs, capsys) -> None
     path.write_text(json.dumps({**decision, "approver": "Mallory"}))
     assert main(["audit", "verify", "--store", f"file://{audit}"]) == 1
     assert "BROKEN at decision on item" in capsys.readouterr().out
+    path.write_text(json.dumps(decision))  # restored; now the item it decided on changes
+    item_path = audit / "flagged" / path.name
+    os.chmod(item_path, 0o644)
+    item_path.write_text(json.dumps({**json.loads(item_path.read_text()), "model_uri": "s3://elsewhere/m.tar.gz"}))
+    assert main(["audit", "verify", "--store", f"file://{audit}"]) == 1
+    assert "changed after the decision" in capsys.readouterr().out
 
 
 def test_an_unreachable_store_is_one_line(monkeypatch, capsys) -> None:
