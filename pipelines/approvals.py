@@ -152,8 +152,8 @@ def _check_registrable(doc: dict[str, Any]) -> None:
     missing = [k for k in ("model_uri", "model_package_group", "inference_image") if not doc.get(k)]
     if missing:
         raise MeterError(
-            f"item {doc['id']} does not name its {', '.join(missing)}: it cannot be registered from here; "
-            "register the model by hand, then record the decision"
+            f"item {doc['id']} does not name its {', '.join(missing)} (an older PublishAudit flagged it): it cannot "
+            "be registered from here; register the model by hand (nothing was recorded)"
         )
 
 
