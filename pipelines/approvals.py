@@ -25,7 +25,7 @@ from typing import Any
 
 from meter.errors import MeterError
 from meter.flagged import decision_document
-from pipelines.registries import RECORD_KEY, Registry
+from pipelines.registries import Registry, model_package_request, verdict_metadata
 
 STATUSES = ("pending", "approved", "rejected")
 _REF = re.compile(r"^[0-9a-f]{4,64}$")
@@ -217,27 +217,26 @@ def registration_request(
     from meter.flagged import model_card
 
     verdict = record["verdict"]
-    return {
-        "ModelPackageGroupName": doc["model_package_group"],
-        "ModelPackageDescription": f"Crossed the compute threshold ({doc['verdict']}); {_description(decision)}"[:1024],
-        "ModelApprovalStatus": "Approved",
-        "InferenceSpecification": {
-            "Containers": [{"Image": doc["inference_image"], "ModelDataUrl": doc["model_uri"]}],
-            "SupportedContentTypes": ["application/json"],
-            "SupportedResponseMIMETypes": ["application/json"],
-        },
-        "CustomerMetadataProperties": {
-            "flops_meter:regulatory_flops": str(record["run"]["flops"]["regulatory"]),
-            "flops_meter:cumulative_flops": str(verdict["cumulative_flops"]),
-            "flops_meter:threshold_flops": str(verdict["threshold_flops"]),
-            "flops_meter:threshold_rule": str(verdict.get("threshold_rule")),
-            "flops_meter:status": verdict["status"],
-            "flops_meter:record_uri": doc["record_uri"],
-            RECORD_KEY: doc["record_sha256"],
+    return model_package_request(
+        group=doc["model_package_group"],
+        image=doc["inference_image"],
+        model_data_url=doc["model_uri"],
+        status="Approved",
+        description=f"Crossed the compute threshold ({doc['verdict']}); {_description(decision)}"[:1024],
+        metadata={
+            **verdict_metadata(
+                regulatory=str(record["run"]["flops"]["regulatory"]),
+                cumulative=str(verdict["cumulative_flops"]),
+                threshold=str(verdict["threshold_flops"]),
+                rule=str(verdict.get("threshold_rule")),
+                status=verdict["status"],
+                record_uri=doc["record_uri"],
+                record_sha256=doc["record_sha256"],
+            ),
             **metadata,
         },
-        "ModelCard": {"ModelCardContent": model_card(record, doc["model_uri"]), "ModelCardStatus": "Draft"},
-    }
+        model_card=model_card(record, doc["model_uri"]),
+    )
 
 
 # -- the command -----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.code import code_bundle, demo_dataset, demo_recipe
 from pipelines.config import PipelineConfig
+from pipelines.registries import model_package_request, verdict_metadata
 
 # name: (type, default, description): what a Studio user fills in. Defaults run the bundled tiny demo.
 PARAMETERS: dict[str, tuple[str, Any, str]] = {
@@ -104,17 +105,14 @@ def register_model_step(
 
         @property
         def arguments(self) -> dict[str, Any]:
-            return {
-                "ModelPackageGroupName": model_package_group,
-                "ModelApprovalStatus": "PendingManualApproval",
-                "InferenceSpecification": {
-                    "Containers": [{"Image": image_uri, "ModelDataUrl": model_data_url}],
-                    "SupportedContentTypes": ["application/json"],
-                    "SupportedResponseMIMETypes": ["application/json"],
-                },
-                "CustomerMetadataProperties": metadata,
-                **({"ModelCard": {"ModelCardContent": model_card, "ModelCardStatus": "Draft"}} if model_card else {}),
-            }
+            return model_package_request(
+                group=model_package_group,
+                image=image_uri,
+                model_data_url=model_data_url,
+                status="PendingManualApproval",
+                metadata=metadata,
+                model_card=model_card,
+            )
 
         @property
         def properties(self):
@@ -229,15 +227,15 @@ def build(config: PipelineConfig | None = None) -> Governed:
             model_package_group=p["ModelPackageGroupName"],
             model_data_url=model_artifacts,
             image_uri=config.image("inference"),
-            metadata={
-                "flops_meter:regulatory_flops": verdict("metadata.regulatory_flops"),
-                "flops_meter:cumulative_flops": verdict("metadata.cumulative_flops"),
-                "flops_meter:threshold_flops": verdict("metadata.threshold_flops"),
-                "flops_meter:threshold_rule": verdict("threshold_rule"),
-                "flops_meter:status": verdict("status"),
-                "flops_meter:record_uri": audit("record_uri"),
-                "flops_meter:record_sha256": audit("record_sha256"),
-            },
+            metadata=verdict_metadata(
+                regulatory=verdict("metadata.regulatory_flops"),
+                cumulative=verdict("metadata.cumulative_flops"),
+                threshold=verdict("metadata.threshold_flops"),
+                rule=verdict("threshold_rule"),
+                status=verdict("status"),
+                record_uri=audit("record_uri"),
+                record_sha256=audit("record_sha256"),
+            ),
             description="Registers the fine-tuned model for manual approval, with its compute verdict",
             model_card=audit("model_card"),
         )

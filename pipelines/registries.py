@@ -20,6 +20,50 @@ from meter.errors import MeterError
 RECORD_KEY = "flops_meter:record_sha256"
 
 
+def verdict_metadata(
+    *, regulatory: Any, cumulative: Any, threshold: Any, rule: Any, status: Any, record_uri: Any, record_sha256: Any
+) -> dict[str, Any]:
+    """The customer metadata a package carries about its verdict and record (values: strings, or pipeline
+    expressions that resolve to strings)."""
+    return {
+        "flops_meter:regulatory_flops": regulatory,
+        "flops_meter:cumulative_flops": cumulative,
+        "flops_meter:threshold_flops": threshold,
+        "flops_meter:threshold_rule": rule,
+        "flops_meter:status": status,
+        "flops_meter:record_uri": record_uri,
+        RECORD_KEY: record_sha256,
+    }
+
+
+def model_package_request(
+    *,
+    group: Any,
+    image: Any,
+    model_data_url: Any,
+    status: str,
+    metadata: dict[str, Any],
+    model_card: Any = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """CreateModelPackage: what the pipeline's RegisterModel step sends, and what an approval registers with."""
+    request: dict[str, Any] = {"ModelPackageGroupName": group}
+    if description:
+        request["ModelPackageDescription"] = description
+    request |= {
+        "ModelApprovalStatus": status,
+        "InferenceSpecification": {
+            "Containers": [{"Image": image, "ModelDataUrl": model_data_url}],
+            "SupportedContentTypes": ["application/json"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        "CustomerMetadataProperties": metadata,
+    }
+    if model_card:
+        request["ModelCard"] = {"ModelCardContent": model_card, "ModelCardStatus": "Draft"}
+    return request
+
+
 class Registry(Protocol):
     where: str
 
