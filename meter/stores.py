@@ -128,15 +128,14 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch) -> VerifyReport:
         if not report.ok:
             return VerifyReport(False, checked + report.checked, report.broken, report.reason)
         checked += report.checked
-    return _verify_decisions(store, lineage, checked)
+    return _verify_decisions(store, lineage, {e.record_sha256 for e in entries}, checked)
 
 
-def _verify_decisions(store: AuditStore, lineage: str | None, checked: int) -> VerifyReport:
+def _verify_decisions(store: AuditStore, lineage: str | None, known: set[str], checked: int) -> VerifyReport:
     """Every approval decision: its own hash, its flagged item, and the record (in a verified chain) it decides on."""
     from meter.flagged import check_decision
 
     items = {i["id"]: i for i in store.documents("flagged")}
-    known = {e.record_sha256 for e in store.entries(lineage)}
     count = 0
     for decision in store.documents("decisions"):
         item = items.get(decision.get("item_id"))

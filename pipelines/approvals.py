@@ -117,18 +117,12 @@ def decide(
             "--accept-provider-obligations to accept them"
         )
     record = store.get(doc["record_sha256"])  # the decision is about this record: it must be there
-    package = None
+    found = None
     if doc["blocked"]:
         if decision == "approved":
             _check_registrable(doc)
     else:  # approaching: the pipeline registered it, PendingManualApproval
-        found = registry.package_of(doc)
-        if found is None:
-            raise MeterError(
-                f"item {item.id}: no model package in {registry.where} carries record {doc['record_sha256'][:12]} "
-                "(was the run registered there? --registry and --home choose the registry)"
-            )
-        package = found["arn"]
+        found = _registered_package(registry, item)
     document = decision_document(
         doc,
         decision=decision,
@@ -136,7 +130,7 @@ def decide(
         reason=reason,
         decided_at=decided_at or _now(),
         accepted_provider_obligations=accept_provider_obligations,
-        model_package=package,
+        model_package=found["arn"] if found else None,
     )
     from meter.stores import DocumentExists
 
@@ -144,8 +138,17 @@ def decide(
         uri, _ = store.put_document("decisions", item.id, document)
     except DocumentExists as e:  # another approver was faster
         raise MeterError(_already(item.id, e.existing)) from None
-    item = Item(doc, document)
-    return _apply(registry, item, uri, record)
+    return _apply(registry, Item(doc, document), uri, record, found)
+
+
+def _registered_package(registry: Registry, item: Item) -> dict[str, Any]:
+    found = registry.package_of(item.doc)
+    if found is None:
+        raise MeterError(
+            f"item {item.id}: no model package in {registry.where} carries record {item.doc['record_sha256'][:12]} "
+            "(was the run registered there? --registry and --home choose the registry)"
+        )
+    return found
 
 
 def _check_registrable(doc: dict[str, Any]) -> None:
@@ -166,21 +169,20 @@ def _already(item_id: str, decision: dict[str, Any]) -> str:
 
 def _complete(store, registry: Registry, item: Item, decision: str) -> Outcome:
     """A decision exists: refuse a second one, or finish the registry update an interrupted command left."""
-    if item.decision["decision"] != decision or _registry_done(registry, item):
-        raise MeterError(_already(item.id, item.decision))
-    record = store.get(item.doc["record_sha256"])
-    uri = store.put_document("decisions", item.id, item.decision)[0]  # identical: returns where it is
-    return _apply(registry, item, uri, record, completed_earlier=True)
-
-
-def _registry_done(registry: Registry, item: Item) -> bool:
-    doc, decision = item.doc, item.decision
-    if doc["blocked"] and decision["decision"] == "rejected":
-        return True  # nothing to do: it stays unregistered
-    found = registry.package_of(doc)
+    doc, recorded = item.doc, item.decision
+    if recorded["decision"] != decision or (doc["blocked"] and decision == "rejected"):
+        raise MeterError(_already(item.id, recorded))  # another verb, or nothing to finish: it stays unregistered
     if doc["blocked"]:
-        return found is not None
-    return found is not None and found["status"] == ("Approved" if decision["decision"] == "approved" else "Rejected")
+        found = registry.package_of(doc)
+        done = found is not None  # the approval's registration is there
+    else:
+        found = _registered_package(registry, item)
+        done = found["status"] == ("Approved" if decision == "approved" else "Rejected")
+    if done:
+        raise MeterError(_already(item.id, recorded))
+    record = store.get(doc["record_sha256"])
+    uri = store.put_document("decisions", item.id, recorded)[0]  # identical: returns where it is
+    return _apply(registry, item, uri, record, found, completed_earlier=True)
 
 
 def _decision_metadata(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
@@ -196,7 +198,15 @@ def _description(decision: dict[str, Any]) -> str:
     return f"{decision['decision']} by {decision['approver']}: {decision['reason']}"[:1024]
 
 
-def _apply(registry: Registry, item: Item, uri: str, record: dict[str, Any], completed_earlier: bool = False):
+def _apply(
+    registry: Registry,
+    item: Item,
+    uri: str,
+    record: dict[str, Any],
+    found: dict[str, Any] | None,
+    completed_earlier: bool = False,
+) -> Outcome:
+    """The registry follows the recorded decision; ``found``: the approaching model's registered package."""
     doc, decision = item.doc, item.decision
     metadata = _decision_metadata(decision, uri)
     if doc["blocked"]:
@@ -204,7 +214,6 @@ def _apply(registry: Registry, item: Item, uri: str, record: dict[str, Any], com
             return Outcome(item, decision, uri, None, "nothing", completed_earlier)
         arn = registry.register(registration_request(doc, record, decision, metadata))
         return Outcome(item, decision, uri, arn, "registered", completed_earlier)
-    found = registry.package_of(doc)
     status = "Approved" if decision["decision"] == "approved" else "Rejected"
     registry.set_status(found["arn"], status, _description(decision), metadata)
     return Outcome(item, decision, uri, found["arn"], status.lower(), completed_earlier)
