@@ -31,10 +31,6 @@ STATUSES = ("pending", "approved", "rejected")
 _REF = re.compile(r"^[0-9a-f]{4,64}$")
 
 
-class Refused(MeterError):
-    """The decision needs something the approver has not given (e.g. --accept-provider-obligations)."""
-
-
 @dataclass
 class Item:
     doc: dict[str, Any]
@@ -111,7 +107,7 @@ def decide(
     if item.decision is not None:
         return _complete(store, registry, item, decision)
     if decision == "approved" and doc["blocked"] and not accept_provider_obligations:
-        raise Refused(
+        raise MeterError(
             f"item {item.id} crossed the threshold ({doc['verdict']}): approving registers a model whose provider "
             "obligations your organisation takes on (AI Act Art. 53; Art. 55 with systemic risk). Repeat with "
             "--accept-provider-obligations to accept them"
