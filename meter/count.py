@@ -136,14 +136,21 @@ class PassFlops:
     def total(self) -> int:
         return self.forward + self.backward + self.recompute
 
+    @property
+    def forward_only(self) -> PassFlops:
+        """The same work in a pass without backward (reference, generation, no_grad passes): forward alone."""
+        return PassFlops(self.forward)
+
 
 @dataclass(frozen=True)
 class Rates:
-    """FLOPs per unit of one regime: per token, per query–key pair (by window), per forward pass."""
+    """FLOPs per unit of one regime: per token, per query–key pair (by window), per forward pass, per position
+    scored by the output head."""
 
     per_token: PassFlops = PassFlops()
     per_pair: dict[int | None, PassFlops] = field(default_factory=dict)
     per_pass: PassFlops = PassFlops()
+    per_head: PassFlops = PassFlops()
 
 
 @dataclass(frozen=True)
@@ -203,15 +210,31 @@ class CostModel:
         """Sliding windows whose pair counts TokenStats must carry (TokenStats.from_lengths(..., windows=...))."""
         return frozenset(w for w in self.spec.windows if w is not None)
 
-    def count(self, stats: TokenStats) -> FlopsCount:
+    @property
+    def head_flops(self) -> int:
+        """Forward FLOPs of the output head per scored position (what a recomputed head product costs)."""
+        return self.regulatory.per_head.forward
+
+    def count(self, stats: TokenStats, *, backward: bool = True) -> FlopsCount:
+        """Both counts of the batches in ``stats``; ``backward=False`` for passes that run forward only."""
         reg, exe = self.regulatory, self.executed
-        regulatory = reg.per_token.times(stats.tokens) + reg.per_pass.times(stats.passes)
+        regulatory = (
+            reg.per_token.times(stats.tokens) + reg.per_head.times(stats.head_tokens) + reg.per_pass.times(stats.passes)
+        )
         for window, rate in reg.per_pair.items():
             regulatory += rate.times(stats.causal_pairs(window))
-        executed = exe.per_token.times(stats.padded_tokens) + exe.per_pass.times(stats.passes)
+        executed = (
+            exe.per_token.times(stats.padded_tokens)
+            + exe.per_head.times(stats.padded_head_tokens)
+            + exe.per_pass.times(stats.passes)
+        )
         for window, rate in exe.per_pair.items():
             pairs = stats.causal_pairs(window) if self.setup.flash else stats.padded_sq
             executed += rate.times(pairs)
+        if backward:
+            executed += PassFlops(recompute=self.head_flops * stats.head_recompute_tokens)
+        else:
+            regulatory, executed = regulatory.forward_only, executed.forward_only
         return FlopsCount(regulatory, executed, stats.tokens, self.spec.name or self.spec.model_type, self.setup.method)
 
     def trainable_parameters(self) -> int:
@@ -344,8 +367,10 @@ def apply_lora(graph: ModelGraph, setup: TrainingSetup) -> ModelGraph:
                 ops.append(
                     MatMul(f"{op.name}.dora_weight", op.out + "/dora", (), 2 * fin * r * (fin + fout), unit="pass")
                 )
-            ops.append(MatMul(f"{op.name}.lora_A", op.out + "/a", (x,), 2 * fin * r, weight=a_w))
-            ops.append(MatMul(f"{op.name}.lora_B", op.out + "/b", (op.out + "/a",), 2 * r * fout, weight=b_w))
+            ops.append(MatMul(f"{op.name}.lora_A", op.out + "/a", (x,), 2 * fin * r, unit=op.unit, weight=a_w))
+            ops.append(
+                MatMul(f"{op.name}.lora_B", op.out + "/b", (op.out + "/a",), 2 * r * fout, unit=op.unit, weight=b_w)
+            )
             # × scaling (a Python float: saves nothing), + base
             ops.append(Pointwise(out=op.out, inputs=(op.out, op.out + "/b"), saves=False))
         blocks.append(replace(block, ops=tuple(ops)))
@@ -399,6 +424,7 @@ def _rates(graph: ModelGraph, trainable: frozenset[str], setup: TrainingSetup, *
         per_token=rates.get(("token", None), PassFlops()),
         per_pair={w: r for (unit, w), r in rates.items() if unit == "pair"},
         per_pass=rates.get(("pass", None), PassFlops()),
+        per_head=rates.get(("head", None), PassFlops()),
     )
 
 

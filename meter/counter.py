@@ -1,4 +1,4 @@
-"""Counting the tokens of real batches on the device, without a host sync per step.
+"""Counting the tokens of real forward passes on the device, without a host sync per step.
 
 For each real token at position p of its sequence (p = 0, 1, …), the sums the count needs are elementwise:
 
@@ -7,104 +7,146 @@ For each real token at position p of its sequence (p = 0, 1, …), the sums the 
 so padding (positions from a cumulative sum of ``attention_mask``, left or right padding alike), packing
 (``position_ids`` restarting at 0, as ``DataCollatorWithFlattening`` produces) and labels-only batches are all
 counted by a few tensor reductions added into one int64 device tensor. Shapes (B·L, B·L²) are known on the host.
-The device tensors are read back — two small all-reduces when distributed, one host copy — only when asked (every
-``log_every`` steps, at checkpoints and at the end). Needs torch.
+
+A KV-cached generation step sees only its new tokens (``input_ids`` (B, n)) with the mask of the whole context
+(B, past + n): the new tokens' positions are the last n columns of the mask's cumulative sum, each new query
+attends to p + 1 keys (Σ min(p + 1, w) within a window), and the kernels run B·n·(past + n) query–key products.
+
+The output head may score fewer positions than the backbone: ``logits_to_keep`` (generation, GRPO) keeps the last
+k positions, TRL's fused LM head (``fused_lm_head=True``) scores the positions whose next-token label is not -100
+— all but the last position of each row off CUDA, only the labelled ones on CUDA — and recomputes those logits in
+backward.
+
+Passes are counted per *stream* (a model and a part of the run, see meter.parts). The device tensors are read back
+— two small all-reduces when distributed, one host copy — only when asked (every ``log_every`` steps, at
+checkpoints and at the end). Needs torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Any
 
 from meter.tokens import TokenStats
 
 IGNORE_INDEX = -100
+_MAIN = 3  # device columns before the window pairs: tokens, Σq, sequences
+_HEAD = 3  # device head columns: real positions scored − tokens, scored positions (compact), recomputed (compact)
+_HOST = 5  # padded_tokens, padded_sq, passes, scored positions (shape-known), recomputed positions (shape-known)
 
 
 class TokenCounter:
-    """Accumulates TokenStats of observed micro-batches on their device; ``read()`` returns and resets them."""
+    """Accumulates TokenStats of observed forward passes per stream on their device; ``read()`` returns and resets."""
 
-    def __init__(self, windows: Iterable[int] = ()):
+    def __init__(self, windows: Iterable[int] = (), streams: int = 1, pad_token_id: int | None = None):
+        """``pad_token_id``: tells the padding that padding-free collators append to packed rows (position 0)."""
         self.windows = tuple(sorted(set(windows)))
-        self._acc = None  # device int64: [tokens, Σ(p+1), sequences, *window pairs]
-        self._padded_tokens = 0
-        self._padded_sq = 0
-        self._passes = 0
-        self._peak = None  # device int64 scalar: longest real sequence
+        self.pad_token_id = pad_token_id
+        self.streams = streams
+        self._width = _MAIN + len(self.windows) + _HEAD
+        self._acc = None  # device int64 (streams, width)
+        self._peak = None  # device int64 (streams,): longest real sequence
+        self._host = [[0] * _HOST for _ in range(streams)]
 
-    def observe(self, batch: Mapping[str, Any]) -> None:
-        """Add one micro-batch: a mapping with input_ids (or inputs_embeds) and attention_mask/position_ids/labels."""
+    def observe(self, batch: Mapping[str, Any], stream: int = 0, *, backward: bool = False, past: int = 0) -> None:
+        """Add one forward pass: a mapping with input_ids (or inputs_embeds) and attention_mask/position_ids/labels.
+
+        ``backward``: a backward pass follows (a recomputing head then runs again); ``past``: tokens already in
+        the KV cache when the mask does not say (no attention_mask).
+        """
         import torch
 
-        q, rows, length = _ranks(batch)
+        q, rows, length, keys = _ranks(batch, past, self.pad_token_id)
         if q is None:
             return
-        # About ten small kernels per micro-batch and no sync: on a launch-bound GPU step each one is host time.
+        # A handful of small kernels per pass and no sync: on a launch-bound GPU step each one is host time.
         # Σ(2p+1) = 2·Σq − tokens and the window pairs are Σ min(q, w), with q = p + 1 on real tokens, 0 elsewhere.
+        host = self._host[stream]
         with torch.no_grad():
-            weights = torch.stack(
-                [
-                    torch.count_nonzero(q),
-                    q.sum(),
-                    (q == 1).sum(),
-                    *[q.clamp(max=w).sum() for w in self.windows],
-                ]
-            )
-            longest = q.amax()
-            if self._acc is None:
-                self._acc, self._peak = weights, longest
+            tokens = torch.count_nonzero(q)
+            columns = [tokens, q.sum(), (q == 1).sum(), *[q.clamp(max=w).sum() for w in self.windows]]
+            scored = _head_positions(batch, q, rows, length)
+            if scored is None:  # the head scores every position
+                host[3] += rows * length
             else:
-                self._acc.add_(weights)
-                torch.maximum(self._peak, longest, out=self._peak)
-        self._padded_tokens += rows * length
-        self._padded_sq += rows * length * length
-        self._passes += 1
+                real, shape_known = scored
+                columns.append(real - tokens)
+                recomputed = backward and _recomputes_head(batch)
+                if shape_known is None:  # compact: as many scored (and recomputed) as real
+                    columns += [real, real] if recomputed else [real]
+                else:
+                    host[3] += shape_known
+                    host[4] += shape_known if recomputed else 0
+            if self._acc is None:
+                device = q.device
+                self._acc = torch.zeros(self.streams, self._width, dtype=torch.int64, device=device)
+                self._peak = torch.zeros(self.streams, dtype=torch.int64, device=device)
+            row = torch.stack(columns)  # the head columns, when present, follow the window pairs
+            self._acc[stream, : row.numel()].add_(row)
+            self._peak[stream] = torch.maximum(self._peak[stream], q.amax())
+        host[0] += rows * length
+        host[1] += rows * length * keys
+        host[2] += 1
 
     @property
     def pending(self) -> bool:
-        """Batches observed on this rank since the last read."""
-        return self._passes > 0
+        """Passes observed on this rank since the last read."""
+        return any(h[2] for h in self._host)
 
-    def read(self, *, distributed: bool | None = None) -> TokenStats:
-        """The statistics observed since the last read, summed over all ranks; resets the accumulators."""
+    def read(self, *, distributed: bool | None = None) -> list[TokenStats]:
+        """The statistics of each stream observed since the last read, summed over all ranks; resets them."""
         import torch
 
-        if self._acc is None and not _is_distributed(distributed):
-            return TokenStats()
+        distributed = _is_distributed(distributed)
+        if self._acc is None and not distributed:
+            out = [TokenStats() for _ in range(self.streams)]
+            self._host = [[0] * _HOST for _ in range(self.streams)]
+            return out
         device = self._acc.device if self._acc is not None else _default_device()
-        acc = (
-            self._acc if self._acc is not None else torch.zeros(3 + len(self.windows), dtype=torch.int64, device=device)
-        )
-        host = torch.tensor([self._padded_tokens, self._padded_sq, self._passes], dtype=torch.int64, device=device)
-        values = torch.cat([acc, host])
-        peak = (self._peak if self._peak is not None else torch.zeros((), dtype=torch.int64, device=device)).reshape(1)
-        if _is_distributed(distributed):
+        acc = self._acc if self._acc is not None else torch.zeros(self.streams, self._width, dtype=torch.int64,
+                                                                  device=device)  # fmt: skip
+        peak = self._peak if self._peak is not None else torch.zeros(self.streams, dtype=torch.int64, device=device)
+        host = torch.tensor(self._host, dtype=torch.int64, device=device)
+        values = torch.cat([acc, host], dim=1)
+        if distributed:
             import torch.distributed as dist
 
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        max_len = int(peak.item())
-        tokens, sum_q, sequences, *rest = values.tolist()
-        sum_sq = 2 * sum_q - tokens  # Σ(2p+1) over real tokens
-        pairs, (padded_tokens, padded_sq, passes) = rest[: len(self.windows)], rest[len(self.windows) :]
+        rows, peaks = values.tolist(), peak.tolist()
         self._acc = self._peak = None
-        self._padded_tokens = self._padded_sq = self._passes = 0
-        return TokenStats(
-            tokens=tokens,
-            sum_sq=sum_sq,
-            padded_tokens=padded_tokens,
-            padded_sq=padded_sq,
-            sequences=sequences,
-            max_len=max_len,
-            passes=passes,
-            window_pairs=dict(zip(self.windows, pairs, strict=True)),
-        )
+        self._host = [[0] * _HOST for _ in range(self.streams)]
+        n = len(self.windows)
+        out = []
+        for row, longest in zip(rows, peaks, strict=True):
+            tokens, sum_q, sequences = row[:_MAIN]
+            pairs = row[_MAIN : _MAIN + n]
+            head_delta, scored_dev, recomputed_dev = row[_MAIN + n : _MAIN + n + _HEAD]
+            padded_tokens, padded_sq, passes, scored_host, recomputed_host = row[_MAIN + n + _HEAD :]
+            out.append(
+                TokenStats(
+                    tokens=tokens,
+                    sum_sq=2 * sum_q - tokens,  # Σ(2p+1) over real tokens
+                    padded_tokens=padded_tokens,
+                    padded_sq=padded_sq,
+                    sequences=sequences,
+                    max_len=longest,
+                    passes=passes,
+                    window_pairs=dict(zip(self.windows, pairs, strict=True)),
+                    head_tokens=tokens + head_delta,
+                    padded_head_tokens=scored_host + scored_dev,
+                    head_recompute_tokens=recomputed_host + recomputed_dev,
+                )
+            )
+        return out
 
 
-def _ranks(batch: Mapping[str, Any]):
-    """(q, rows B, length L): q = 1-based position of each real token, 0 elsewhere, int64 on the batch's device.
+def _ranks(batch: Mapping[str, Any], past: int = 0, pad_token_id: int | None = None):
+    """(q, rows B, length L, keys): q = 1-based position of each real token, 0 elsewhere, int64 on the batch's
+    device; keys = the key positions each query row is computed against (L, or past + L with a KV cache).
 
-    (None, 0, 0) when the batch has nothing to count.
+    (None, 0, 0, 0) when the batch has nothing to count.
     """
     import torch
 
@@ -112,26 +154,79 @@ def _ranks(batch: Mapping[str, Any]):
     if reference is None:
         reference = batch.get("inputs_embeds")
     mask, position_ids, labels = batch.get("attention_mask"), batch.get("position_ids"), batch.get("labels")
-    for t in (reference, mask, position_ids, labels):
+    for t in (reference, position_ids, labels, mask):
         if isinstance(t, torch.Tensor) and t.dim() >= 2:
             rows, length = int(t.shape[0]), int(t.shape[1])
             device = t.device
             break
     else:
-        return None, 0, 0
+        return None, 0, 0, 0
+    if position_ids is not None:
+        position_ids = position_ids.reshape(-1, length)[-rows:].to(torch.int64)  # 3-D rope ids: the text rows
     if mask is not None and mask.dim() == 2:
         mask = mask.to(torch.int64)
-        if position_ids is None:  # positions from the mask: left or right padding alike
-            return mask.cumsum(1) * mask, rows, length
-        return (position_ids.reshape(rows, length).to(torch.int64) + 1) * mask, rows, length
-    if position_ids is not None:  # packed, no mask: every position is real
-        return position_ids.reshape(rows, length).to(torch.int64) + 1, rows, length
-    index = torch.arange(1, length + 1, device=device).expand(rows, length)
-    if labels is not None and labels.dim() == 2:
+        keys = int(mask.shape[1])
+        if keys < length:
+            raise ValueError(f"attention_mask of width {keys} is narrower than the {length} input positions")
+        if position_ids is None:  # positions from the mask: left or right padding alike; a cache's new tokens last
+            return (mask.cumsum(1) * mask)[:, keys - length :], rows, length, keys
+        return (position_ids + 1) * mask[:, keys - length :], rows, length, keys
+    keys = past + length
+    if position_ids is not None:  # packed, no mask: every position is real but trailing padding
+        q = position_ids + 1
+        ids = batch.get("input_ids")
+        if pad_token_id is not None and isinstance(ids, torch.Tensor) and tuple(ids.shape) == (rows, length):
+            # pad_to_multiple_of pads a packed row with pad tokens at position 0 (TRL's padding-free collator):
+            # the trailing run of such slots is padding, not 1-token sequences
+            slot = ((position_ids == 0) & (ids == pad_token_id)).to(torch.int64)
+            trailing = slot.flip(1).cumprod(1).flip(1)
+            q = q * (1 - trailing)
+        return q, rows, length, keys
+    index = torch.arange(past + 1, past + length + 1, device=device).expand(rows, length)
+    if labels is not None and labels.dim() == 2 and past == 0:
         # labels only: everything up to the last supervised token is needed (prompt tokens included)
         last = torch.where(labels != IGNORE_INDEX, index, 0).amax(1, keepdim=True)
-        return index * (index <= last), rows, length
-    return index, rows, length  # no mask: the model attends to every position
+        return index * (index <= last), rows, length, keys
+    return index, rows, length, keys  # no mask: the model attends to every position
+
+
+def _head_positions(batch: Mapping[str, Any], q, rows: int, length: int):
+    """None when the head scores every position; else (real positions scored, a device scalar; positions scored
+    as run when the shapes tell, else None: as many as the real ones)."""
+    import torch
+
+    if batch.get("fused_lm_head"):  # TRL's fused LM head: scores next-token labels other than -100
+        shift = batch.get("shift_labels")
+        labels = shift if shift is not None else batch.get("labels")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+            return None
+        labelled = labels != IGNORE_INDEX if shift is not None else labels[:, 1:] != IGNORE_INDEX
+        real = torch.count_nonzero(labelled)
+        return real, (None if _fused_head_compact(labels.device) else labelled.numel())
+    keep = batch.get("logits_to_keep")
+    if isinstance(keep, torch.Tensor):
+        if keep.dim() == 0:
+            keep = int(keep)  # a 0-d tensor means an int (rare; a host read)
+        else:
+            return torch.count_nonzero(q[:, keep.reshape(-1)]), rows * keep.numel()
+    if isinstance(keep, int) and not isinstance(keep, bool) and 0 < keep < length:
+        return torch.count_nonzero(q[:, length - keep :]), rows * keep
+    return None
+
+
+@cache
+def _fused_head_compact(device) -> bool:
+    """Whether TRL's fused head scores only the labelled positions on this device (it asks Triton)."""
+    try:
+        from trl.kernels.chunked_logprob import _use_triton
+    except ImportError:
+        return device.type in ("cuda", "xpu")
+    return bool(_use_triton(device))
+
+
+def _recomputes_head(batch: Mapping[str, Any]) -> bool:
+    """TRL's fused head recomputes its logits in backward; the model's own head keeps them."""
+    return bool(batch.get("fused_lm_head"))
 
 
 def _is_distributed(flag: bool | None) -> bool:

@@ -46,6 +46,11 @@ def run_verdict(
     if store is not None:
         prior = sum(e.regulatory_flops for e in store.entries(lineage) if e.record_id != run.get("run_id"))
     flops = run.get("flops") or {}
+    if run.get("status") == "not_counted":
+        raise MeterError(
+            f"the run was not counted ({run.get('reason')}): no verdict can be given. Count it with "
+            "`flops-meter estimate` and give the figure, or fix the cause and train again"
+        )
     regulatory = flops.get("regulatory")
     if isinstance(regulatory, bool) or not isinstance(regulatory, int):
         raise MeterError("run record has no integer flops.regulatory: is it a flops_meter.json?")

@@ -22,7 +22,7 @@ from typing import Literal
 
 from meter.spec import ModelSpec
 
-Unit = Literal["token", "pair", "pass"]
+Unit = Literal["token", "pair", "pass", "head"]  # head: per position the output head scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,11 +309,13 @@ def build_graph(spec: ModelSpec) -> ModelGraph:
 
     head = _Builder(params, "")
     x = head.norm(f"{root}.{final_norm}", x, h, bias=spec.norm_bias)
-    lm_weight = embed_params[0] if spec.tie_word_embeddings else "lm_head.weight"
-    if not spec.tie_word_embeddings:
-        params[lm_weight] = spec.vocab_size * h
-    head.ops.append(
-        MatMul("lm_head", "logits", (x,), 2 * h * spec.vocab_size, weight=lm_weight, lora_shape=(h, spec.vocab_size))
-    )
+    if spec.classification_head:  # transformers' *ForSequenceClassification: score(hidden) at every position
+        name, outputs, weight = "score", spec.head_outputs, "score.weight"
+    else:
+        name, outputs = "lm_head", spec.vocab_size
+        weight = embed_params[0] if spec.tie_word_embeddings else "lm_head.weight"
+    if weight not in params:
+        params[weight] = outputs * h
+    head.ops.append(MatMul(name, "logits", (x,), 2 * h * outputs, unit="head", weight=weight, lora_shape=(h, outputs)))
     blocks.append(Block("head", tuple(head.ops)))
     return ModelGraph(spec=spec, blocks=tuple(blocks), parameters=params)

@@ -24,6 +24,7 @@ class ObservedSetup:
     trainable_numel: int  # what the live model reports (packed/sharded sizes where they apply)
     quantized: bool
     notes: tuple[str, ...] = ()
+    adapter: str | None = None  # the PEFT adapter being trained
 
 
 def unwrap(model: Any) -> Any:
@@ -55,6 +56,8 @@ def observe_model(model: Any) -> ObservedSetup:
     model = unwrap(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.to_dict()
+    # the live class decides the head (an LM head, or a reward model's score head), whatever the checkpoint said
+    config["architectures"] = [type(base).__name__]
     notes: list[str] = []
     trainable, numel = set(), 0
     for name, p in model.named_parameters():
@@ -70,13 +73,13 @@ def observe_model(model: Any) -> ObservedSetup:
     extra: tuple[str, ...] = ()
     if lora is not None:
         method = "qlora" if quantized else "lora"
-        r, targets, dropout, dora = lora
+        r, targets, dropout, dora, adapter = lora
         # adapters follow from the targets; other trainable weights (modules_to_save) are named exactly
         extra = tuple(sorted(f"^{re.escape(n)}$" for n in trainable if not _is_adapter(n)))
     else:
         all_trainable = all(p.requires_grad for p in base.parameters())
         method = "full" if all_trainable and trainable else "freeze"
-        r, targets, dropout, dora = 16, None, 0.0, False
+        r, targets, dropout, dora, adapter = 16, None, 0.0, False, None
     checkpointing, reentrant, every_n = _checkpointing(base)
     setup = TrainingSetup(
         method=method,
@@ -94,7 +97,7 @@ def observe_model(model: Any) -> ObservedSetup:
     if not trainable:
         notes.append("no parameter requires grad: nothing is being trained")
     exact = None if lora is not None else frozenset(trainable)
-    return ObservedSetup(config, setup, exact, numel, quantized, tuple(notes))
+    return ObservedSetup(config, setup, exact, numel, quantized, tuple(notes), adapter)
 
 
 def _is_adapter(name: str) -> bool:
@@ -102,7 +105,7 @@ def _is_adapter(name: str) -> bool:
 
 
 def _lora_layout(model: Any, model_type: str):
-    """(rank, target module names, dropout, dora) of the active LoRA adapter, or None."""
+    """(rank, target module names, dropout, dora, adapter name) of the active LoRA adapter, or None."""
     peft_config = getattr(model, "peft_config", None)
     if not peft_config:
         return None
@@ -122,7 +125,7 @@ def _lora_layout(model: Any, model_type: str):
     mapping = PEFT_MOE_PARAM_TARGETS.get(model_type, {})
     leaves = {old for old, new in mapping.items() if new in params}
     dropout = float(getattr(cfg, "lora_dropout", 0.0) or 0.0)
-    return int(cfg.r), tuple(sorted(targets | leaves)), dropout, bool(getattr(cfg, "use_dora", False))
+    return int(cfg.r), tuple(sorted(targets | leaves)), dropout, bool(getattr(cfg, "use_dora", False)), adapter
 
 
 def _checkpointing(model: Any) -> tuple[bool, bool, int]:

@@ -26,9 +26,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.count import CostModel, FlopsCount, TrainingSetup, target_names
+from meter.attribution import AdapterProbe, RunCount, Stream, cache_length, count_streams, policy_part
+from meter.count import CostModel, TrainingSetup, target_names
 from meter.counter import TokenCounter
 from meter.errors import MeterError
+from meter.parts import DEFAULT_SCOPE, PARTS, ROLES, check_scope, policy
 from meter.spec import spec_from_config
 from meter.thresholds import NOT_LEGAL_ADVICE, check_flops, threshold_for, two_significant
 from meter.tokens import TokenStats, stats_from_dict
@@ -89,6 +91,30 @@ def _ensure_log_handler() -> None:
         log.propagate = False
 
 
+def check_options(
+    *,
+    log_every: int = 10,
+    stop_at_fraction: float | None = None,
+    pretrain_flops: float | None = None,
+    budget_flops: float | None = None,
+    regulatory_scope: str = DEFAULT_SCOPE,
+) -> None:
+    """MeterError for a bad option: checked where the meter is configured, before any training starts."""
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every <= 0:
+        raise MeterError(f"log_every must be a positive integer, got {log_every!r}")
+    if stop_at_fraction is not None:
+        try:
+            fraction = math.nan if isinstance(stop_at_fraction, bool) else float(stop_at_fraction)
+        except (TypeError, ValueError):
+            fraction = math.nan
+        if not 0 < fraction <= 1:  # NaN fails too
+            raise MeterError(f"stop_at_fraction must be a number in (0, 1], got {stop_at_fraction!r}")
+    for name, value in (("pretrain_flops", pretrain_flops), ("budget_flops", budget_flops)):
+        if value is not None:
+            check_flops(value, name)
+    check_scope(regulatory_scope)
+
+
 class FlopsMeter:
     """Counts tokens on the device, converts them to FLOPs with the analytic engine, records the run."""
 
@@ -107,11 +133,10 @@ class FlopsMeter:
         hook: bool = True,
         precision: str | None = None,
         max_steps: int | None = None,
+        regulatory_scope: str = DEFAULT_SCOPE,
     ):
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every <= 0:
-            raise MeterError(f"log_every must be a positive integer, got {log_every!r}")
-        if stop_at_fraction is not None and not (0 < float(stop_at_fraction) <= 1):
-            raise MeterError(f"stop_at_fraction must be in (0, 1], got {stop_at_fraction!r}")
+        check_options(log_every=log_every, stop_at_fraction=stop_at_fraction, regulatory_scope=regulatory_scope)
+        self.regulatory_scope = regulatory_scope
         env_pretrain = os.environ.get("PRETRAIN_FLOPS", "").strip()
         if pretrain_flops is None and env_pretrain:
             pretrain_flops = check_flops(env_pretrain, "PRETRAIN_FLOPS")
@@ -132,11 +157,19 @@ class FlopsMeter:
         self.rank, self.local_rank, self.world_size = _rank()
         self.is_main = self.rank == 0
 
-        self.cost: CostModel | None = None
+        self.cost: CostModel | None = None  # the policy as it trains
         self.counter: TokenCounter | None = None
         self.model_info: dict[str, Any] = {}
-        self.stats = TokenStats()  # totals of this run since the last read-back (incl. earlier attempts)
-        self.count: FlopsCount | None = None
+        self.streams: list[Stream] = []  # what is counted, by model and part (meter.attribution)
+        self.stream_stats: list[TokenStats] = []  # totals per stream as of the last read-back (earlier attempts too)
+        self.watched: list[dict[str, Any]] = []  # separate models (reference, reward) and their roles
+        self.count: RunCount | None = None
+        self.uncounted_passes = 0  # forward passes that could not be counted: the count is then a lower bound
+        self.degraded: list[str] = []  # why the count is not exact, if it is not
+        self._probe: AdapterProbe | None = None
+        self._pad_token_id: int | None = None
+        self._hooks: list[Any] = []
+        self._depth = 0  # > 0 inside a counted forward: nested calls (PEFT -> base model) are not counted again
         self.steps = 0  # optimizer steps counted by this meter (redone steps included)
         self.global_step = 0  # the trainer's step
         self.timeline: list[dict[str, Any]] = []
@@ -148,7 +181,6 @@ class FlopsMeter:
         self._forecast_warned = False
         self._max_step_flops = 0
         self._last_sync_step, self._last_sync_flops, self._last_sync_global_step = 0, 0, 0
-        self._hook_handle = None
         self._nvml = None
         self._model_ref: Any = None
         self._gpu: str | None = None  # the CUDA device name when the model trains on one
@@ -162,14 +194,19 @@ class FlopsMeter:
     # -- set-up --------------------------------------------------------------------------------------------------
 
     def attach(self, model: Any) -> FlopsMeter:
-        """Read the model's config and training setup; install the counting hook (unless hook=False)."""
-        from meter.introspect import observe_model, unwrap
+        """Read the model's config and training setup; install the counting hooks (unless hook=False)."""
+        from meter.introspect import observe_model
 
         observed = observe_model(model)
         name = str(observed.config.get("_name_or_path") or observed.config.get("model_type"))
         spec = spec_from_config(observed.config, name=name)
         self.cost = CostModel(spec, observed.setup, trainable=observed.trainable)
-        self.counter = TokenCounter(self.cost.windows)
+        # the policy's streams: training steps (forward + backward), forward-only passes with its adapters on
+        self.streams = [Stream("policy/training", "training", self.cost, backward=True)]
+        self.streams += [Stream(f"policy/{p}", p, self.cost) for p in ("generation", "policy_forward", "evaluation")]
+        if observed.adapter is not None:  # reference passes with the adapters disabled run the bare base model
+            bare = CostModel(spec, TrainingSetup(attn_implementation=observed.setup.attn_implementation))
+            self.streams.append(Stream("policy/reference_forward", "reference_forward", bare))
         engine_trainable = self.cost.trainable_parameters()
         if not observed.quantized and observed.trainable_numel and observed.trainable_numel != engine_trainable:
             self.notes.append(
@@ -193,10 +230,64 @@ class FlopsMeter:
             self.precision = _precision_of(model)
         self._model_ref = model  # its device is read at start: the Trainer moves the model after attach
         self.threshold, self.pretrain_source = self._threshold(name)
+        pad = observed.config.get("pad_token_id")
+        self._pad_token_id = pad if isinstance(pad, int) and not isinstance(pad, bool) else None
         if self.use_hook:
-            target = unwrap(model)
-            self._hook_handle = target.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            from meter.introspect import unwrap
+
+            self._probe = AdapterProbe(unwrap(model), observed.adapter)
+            self._install_hooks(model, self._policy_stream)
         return self
+
+    def watch(self, model: Any, role: str) -> FlopsMeter:
+        """Count the forward passes of a separate model of the run: ``role`` "reference" or "reward".
+
+        Call before ``start()``. Its passes are forward-only, counted with its own config; while the policy is
+        in eval mode they count as evaluation.
+        """
+        from meter.introspect import observe_model
+
+        if role not in ROLES:
+            raise MeterError(f"unknown role {role!r} for a watched model: use one of {', '.join(ROLES)}")
+        if self.cost is None or self.counter is not None:
+            raise MeterError("FlopsMeter.watch after attach(model) and before start()")
+        observed = observe_model(model)
+        name = str(observed.config.get("_name_or_path") or observed.config.get("model_type"))
+        cost = CostModel(spec_from_config(observed.config, name=name), observed.setup, trainable=observed.trainable)
+        label = f"{role}{len([w for w in self.watched if w['role'] == role]) or ''}"
+        index = len(self.streams)
+        self.streams += [Stream(f"{label}/{ROLES[role]}", ROLES[role], cost), Stream(f"{label}/evaluation",
+                         "evaluation", cost)]  # fmt: skip
+        self.watched.append({"role": role, "name": name, "model_type": cost.spec.model_type,
+                             "parameters": cost.spec.parameter_count(), "stream": label})  # fmt: skip
+        if self.use_hook:
+            self._install_hooks(model, lambda module, batch: index + (0 if self._policy_training() else 1))
+        return self
+
+    def _policy_training(self) -> bool:
+        return bool(getattr(self._model_ref, "training", True))
+
+    def _install_hooks(self, model: Any, stream_of) -> None:
+        """Hooks on the model and on its base under a PEFT wrapper (generate() calls the base directly).
+
+        The outermost counted forward counts the pass; forwards nested in it (PEFT -> base) are skipped.
+        """
+        from meter.introspect import unwrap
+
+        top = unwrap(model)
+        targets = [top]
+        base = top.get_base_model() if hasattr(top, "get_base_model") else top
+        if base is not top:
+            targets.append(base)
+        for target in targets:
+            self._hooks.append(
+                target.register_forward_pre_hook(lambda m, a, k: self._pre_hook(m, a, k, stream_of), with_kwargs=True)
+            )
+            self._hooks.append(target.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True))
+
+    def _policy_stream(self, module: Any, batch: dict[str, Any]) -> int:
+        part = policy_part(module, batch, self._probe)
+        return next(i for i, s in enumerate(self.streams) if s.part == part and s.name.startswith("policy/"))
 
     def _threshold(self, name: str):
         from meter.catalog import pretrain_compute
@@ -228,25 +319,44 @@ class FlopsMeter:
 
     # -- counting --------------------------------------------------------------------------------------------------
 
-    def _pre_hook(self, module, args, kwargs):
-        if not module.training:
+    def _pre_hook(self, module, args, kwargs, stream_of):
+        self._depth += 1
+        if self._depth > 1 or self.counter is None:  # nested in a counted pass, or not started
             return None
         try:
             batch = dict(kwargs)
             if args and "input_ids" not in batch:
                 batch["input_ids"] = args[0]
-            self.counter.observe(batch)
+            stream = stream_of(module, batch)
+            past = cache_length(batch.get("past_key_values")) if batch.get("attention_mask") is None else 0
+            self.counter.observe(batch, stream, backward=self.streams[stream].backward, past=past)
         except Exception as e:  # never break the forward pass
-            self._note_once(f"a batch could not be counted: {type(e).__name__}: {e}")
+            self.uncounted_passes += 1
+            self._degrade(f"a forward pass could not be counted ({type(e).__name__}: {e}): the count is a lower bound")
         return None
 
-    def observe(self, batch: dict[str, Any]) -> None:
-        """Count one micro-batch explicitly (for loops that do not use the hook)."""
-        if self.counter is None:
+    def _post_hook(self, module, args, kwargs, output):
+        self._depth = max(self._depth - 1, 0)
+        return None
+
+    def observe(self, batch: dict[str, Any], part: str = "training") -> None:
+        """Count one forward pass explicitly (for loops that do not use the hooks): a training micro-batch, or a
+        forward-only pass of the policy (``part`` "policy_forward", "generation", "evaluation")."""
+        if self.cost is None:
             raise MeterError("FlopsMeter.observe before attach(model): give the model to FlopsMeter(model)")
-        if self._hook_handle is not None:
-            raise MeterError("this meter counts batches through its model hook: create it with hook=False to observe")
-        self.counter.observe(batch)
+        if self._hooks:
+            raise MeterError("this meter counts batches through its model hooks: create it with hook=False to observe")
+        if self.counter is None:
+            raise MeterError("FlopsMeter.observe before start(): use `with meter:` or call meter.start()")
+        index = next((i for i, s in enumerate(self.streams) if s.part == part), None)
+        if index is None:
+            raise MeterError(f"unknown part {part!r}: use one of {', '.join(PARTS)}")
+        self.counter.observe(batch, index, backward=self.streams[index].backward)
+
+    @property
+    def stats(self) -> TokenStats:
+        """Token statistics of the training steps (the policy's training stream)."""
+        return self.stream_stats[0] if self.stream_stats else TokenStats()
 
     def step(self, global_step: int | None = None) -> bool:
         """Mark one optimizer step; read back every log_every steps. Returns True when it synced."""
@@ -257,10 +367,11 @@ class FlopsMeter:
             return True
         return False
 
-    def sync(self) -> FlopsCount:
+    def sync(self) -> RunCount:
         """Read the device counters (one all-reduce), update totals, timeline, forecast; write journal and log."""
-        self.stats = self.stats + self.counter.read()
-        self.count = self.cost.count(self.stats)
+        read = self.counter.read()
+        self.stream_stats = [a + b for a, b in zip(self.stream_stats, read, strict=True)]
+        self.count = self._count()
         done = self.steps - self._last_sync_step
         if done > 0:
             per_step = (self.count.regulatory_flops - self._last_sync_flops) / done
@@ -279,6 +390,15 @@ class FlopsMeter:
             )
             self._write_journal()
         return self.count
+
+    def _count(self, stream_stats: list[TokenStats] | None = None) -> RunCount:
+        return count_streams(self.streams, stream_stats or self.stream_stats, self.regulatory_scope)
+
+    def _degrade(self, reason: str) -> None:
+        """The count is no longer exact: say why, once, in the record and in one log line."""
+        if reason not in self.degraded:
+            self.degraded.append(reason)
+        self._note_once(reason)
 
     @property
     def regulatory_flops(self) -> int:
@@ -342,6 +462,10 @@ class FlopsMeter:
     def start(self) -> FlopsMeter:
         if self.cost is None:
             raise MeterError("FlopsMeter.start before attach(model): give the model to FlopsMeter(model)")
+        windows = set().union(*(s.cost.windows for s in self.streams))
+        self.counter = TokenCounter(windows, streams=len(self.streams), pad_token_id=self._pad_token_id)
+        if len(self.stream_stats) != len(self.streams):
+            self.stream_stats = [TokenStats() for _ in self.streams]
         self._started = time.time()
         self._gpu = _cuda_device_name() if _on_cuda(self._model_ref) else None
         self.status = "running"
@@ -352,26 +476,29 @@ class FlopsMeter:
         return self
 
     def stop(self, status: str | None = None) -> dict[str, Any]:
-        """Final read-back, stop NVML, write the record. Returns the record."""
+        """Final read-back, stop NVML, write the record. Returns the record. Never raises once started."""
         try:
             if self.world_size > 1 or self.counter.pending or self.steps != self._last_sync_step or self.count is None:
                 self.sync()  # every rank takes part when distributed: ranks may hold batches rank 0 has not seen
         except Exception as e:
-            self._note_once(f"final read-back failed: {type(e).__name__}: {e}")
+            self._degrade(f"final read-back failed: {type(e).__name__}: {e}")
         self._ended = time.time()
         if status is not None:
             self.status = status
         elif self.status == "running":
             self.status = "completed"
         energy = self._energy()
-        if self._hook_handle is not None:
-            self._hook_handle.remove()
-            self._hook_handle = None
+        self.remove_hooks()
         record = self.record(energy)
         if self.is_main:
             self._write_json(self.output_path, record)
             self._write_journal(final=True)
         return record
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def __enter__(self) -> FlopsMeter:
         return self.start()
@@ -381,6 +508,25 @@ class FlopsMeter:
 
     # -- resume ----------------------------------------------------------------------------------------------------
 
+    def _totals(self) -> dict[str, Any]:
+        """Statistics per stream by name (and the training stream's under "stats", as records before parts had)."""
+        return {
+            "stats": self.stats.to_dict(),
+            "streams": {s.name: st.to_dict() for s, st in zip(self.streams, self.stream_stats, strict=True)},
+        }
+
+    def _read_totals(self, doc: dict[str, Any]) -> list[TokenStats]:
+        """Stream statistics from a checkpoint or journal; MeterError when malformed or of another run's streams."""
+        streams = doc.get("streams")
+        if streams is None:  # written before parts: the training stream only
+            streams = {self.streams[0].name: doc.get("stats")}
+        if not isinstance(streams, dict):
+            raise MeterError(f"streams must be an object, got {type(streams).__name__}")
+        unknown = set(streams) - {s.name for s in self.streams}
+        if unknown:
+            raise MeterError(f"streams {', '.join(sorted(unknown))} are not counted by this run")
+        return [stats_from_dict(streams[s.name]) if s.name in streams else TokenStats() for s in self.streams]
+
     def state_snapshot(self) -> dict[str, Any]:
         """What a checkpoint must keep: totals as of the last read-back, and the steps they cover.
 
@@ -389,7 +535,7 @@ class FlopsMeter:
         """
         return {
             "run_id": self.run_id,
-            "stats": self.stats.to_dict(),
+            **self._totals(),
             "steps": self._last_sync_step,
             "global_step": self._last_sync_global_step,
             "resumes": self.resumes,
@@ -400,30 +546,43 @@ class FlopsMeter:
         """Resume from a checkpoint taken at ``global_step``; count steps redone since then as consumed compute.
 
         The journal (written at every read-back next to the checkpoints) holds the totals as of the last read-back
-        before the interruption; steps after the checkpoint up to then were computed and are counted.
+        before the interruption; steps after the checkpoint up to then were computed and are counted. A checkpoint
+        state or journal that is malformed, or a journal that counts less than the checkpoint, is not used: the
+        count goes on from what can be trusted and the record says it is a lower bound.
         """
-        self.run_id = state.get("run_id", self.run_id)
-        checkpoint = stats_from_dict(state["stats"])
-        self.stats, self.steps = checkpoint, int(state.get("steps", global_step))
+        try:
+            checkpoint = self._read_totals(state)
+            steps = _int(state.get("steps", global_step), "steps")
+            run_id = state.get("run_id", self.run_id)
+            resumes = state.get("resumes", [])
+            if not isinstance(resumes, list) or not isinstance(run_id, str):
+                raise MeterError("run_id must be a string and resumes a list")
+            max_step = _int(state.get("max_step_flops", 0), "max_step_flops")
+        except (MeterError, AttributeError, TypeError) as e:
+            self._degrade(f"the checkpoint's meter state is unreadable ({e}): compute before step {global_step} "
+                          "is not counted, the count is a lower bound")  # fmt: skip
+            self.global_step = global_step
+            return
+        self.run_id, self.stream_stats, self.steps = run_id, checkpoint, steps
         self.global_step = global_step
-        self.resumes = list(state.get("resumes", []))
-        self._max_step_flops = int(state.get("max_step_flops", 0))
-        journal = self._read_journal()
+        self.resumes = list(resumes)
+        self._max_step_flops = max_step
         resume = {"from_step": global_step, "redone_steps": 0, "redone_regulatory_flops": 0, "redone_executed_flops": 0}
-        if journal and journal.get("run_id") == self.run_id and journal.get("global_step", 0) > global_step:
-            consumed = stats_from_dict(journal["stats"])
-            before, after = self.cost.count(checkpoint), self.cost.count(consumed)
+        journal = self._journal_after(global_step, checkpoint)
+        if journal is not None:
+            consumed, journal_step, journal_steps = journal
+            before, after = self._count(checkpoint), self._count(consumed)
             resume.update(
-                redone_steps=int(journal["global_step"]) - global_step,
+                redone_steps=journal_step - global_step,
                 redone_regulatory_flops=after.regulatory_flops - before.regulatory_flops,
                 redone_executed_flops=after.executed_flops - before.executed_flops,
             )
-            self.stats, self.steps = consumed, int(journal.get("steps", self.steps))
-        elif journal is None and self.journal_path is not None:
+            self.stream_stats, self.steps = consumed, journal_steps
+        elif self.journal_path is not None and not self.journal_path.is_file():
             resume["note"] = "no journal found: steps redone after the checkpoint could not be counted"
         self.resumes.append(resume)
         self._broadcast_resume()
-        self.count = self.cost.count(self.stats)
+        self.count = self._count()
         self._last_sync_step, self._last_sync_flops = self.steps, self.count.regulatory_flops
         self._last_sync_global_step = global_step
         if self.is_main:
@@ -435,6 +594,27 @@ class FlopsMeter:
                 two_significant(resume["redone_regulatory_flops"]),
             )
 
+    def _journal_after(self, global_step: int, checkpoint: list[TokenStats]):
+        """(stats, global_step, steps) of this run's journal when it is past the checkpoint and consistent with it."""
+        journal = self._read_journal()
+        if not journal or journal.get("run_id") != self.run_id:
+            return None
+        try:
+            step = _int(journal.get("global_step"), "global_step")
+            if step <= global_step:
+                return None
+            consumed = self._read_totals(journal)
+            steps = _int(journal.get("steps"), "steps")
+        except (MeterError, AttributeError, TypeError) as e:
+            self._degrade(f"journal {self.journal_path} is malformed ({e}): steps redone after the checkpoint are "
+                          "not counted, the count is a lower bound")  # fmt: skip
+            return None
+        if not all(_covers(c, k) for c, k in zip(consumed, checkpoint, strict=True)):
+            self._degrade(f"journal {self.journal_path} counts less than the checkpoint it follows: ignored, steps "
+                          "redone after the checkpoint are not counted, the count is a lower bound")  # fmt: skip
+            return None
+        return consumed, step, steps
+
     def _broadcast_resume(self) -> None:
         """Every rank must hold rank 0's totals, or budget decisions would differ and ranks would hang."""
         if self.world_size <= 1:
@@ -443,18 +623,22 @@ class FlopsMeter:
 
         if not dist.is_initialized():
             return
-        box = [{"stats": self.stats.to_dict(), "steps": self.steps, "resumes": self.resumes}]
+        box = [{**self._totals(), "steps": self.steps, "resumes": self.resumes}]
         dist.broadcast_object_list(box, src=0)
-        self.stats, self.steps, self.resumes = stats_from_dict(box[0]["stats"]), box[0]["steps"], box[0]["resumes"]
+        self.stream_stats, self.steps, self.resumes = self._read_totals(box[0]), box[0]["steps"], box[0]["resumes"]
 
     def _read_journal(self) -> dict[str, Any] | None:
         if self.journal_path is None or not self.journal_path.is_file():
             return None
         try:
-            return json.loads(self.journal_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            self._note_once(f"journal {self.journal_path} unreadable: {e}")
+            doc = json.loads(self.journal_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            self._degrade(f"journal {self.journal_path} unreadable: {e}")
             return None
+        if not isinstance(doc, dict):
+            self._degrade(f"journal {self.journal_path} is not a JSON object: ignored")
+            return None
+        return doc
 
     def _write_journal(self, final: bool = False) -> None:
         if self.journal_path is None:
@@ -463,7 +647,7 @@ class FlopsMeter:
             "run_id": self.run_id,
             "global_step": self.global_step,
             "steps": self.steps,
-            "stats": self.stats.to_dict(),
+            **self._totals(),
             "regulatory_flops": self.regulatory_flops,
             "final": final,
         }
@@ -547,7 +731,7 @@ class FlopsMeter:
         """The run record (written to flops_meter.json)."""
         energy = energy if energy is not None else {"available": False, "reason": "run not stopped yet"}
         seconds = (self._ended or time.time()) - (self._started or time.time())
-        count = self.count or self.cost.count(self.stats)
+        count = self.count or self._count(self.stream_stats or [TokenStats() for _ in self.streams])
         t = self.threshold
         kwh = energy.get("energy_kwh")
         return {
@@ -573,10 +757,18 @@ class FlopsMeter:
                 "executed_parts": count.executed.__dict__,
                 "regulatory_2sf": two_significant(count.regulatory_flops),
                 "per_token": count.flops_per_token,
+                "regulatory_scope": self.regulatory_scope,
+                "parts": self._parts_record(count),
+                "confidence": "lower_bound" if self.degraded else "exact",
+                "degraded": list(self.degraded),
+                "uncounted_passes": self.uncounted_passes,
                 "methodology": "architecture-based (Guidelines Annex A): forward and backward matrix products from "
-                "the model config, over the real tokens of every batch; causal attention pairs; recomputation "
-                "excluded. Executed count: padding, kernel attention and recomputation included.",
+                "the model config, over the real tokens of every pass; causal attention pairs; recomputation "
+                "excluded. Forward-only passes (reference, generation with a KV cache, reward scoring) are counted "
+                "forward only; the regulatory count sums the parts its scope includes (see parts). Executed count: "
+                "padding, kernel attention and recomputation included, evaluation excluded.",
             },
+            "watched_models": self.watched,
             "threshold": {
                 "flops": t.flops,
                 "rule": t.rule,
@@ -610,6 +802,26 @@ class FlopsMeter:
             "disclaimer": NOT_LEGAL_ADVICE,
         }
 
+    def _parts_record(self, count: RunCount) -> dict[str, Any]:
+        """Each part of the run that saw passes: tokens, both counts, whether the regulatory count includes it."""
+        stats: dict[str, TokenStats] = {}
+        for stream, st in zip(self.streams, self.stream_stats, strict=False):
+            stats[stream.part] = stats[stream.part] + st if stream.part in stats else st
+        rules = policy(self.regulatory_scope)
+        return {
+            part: {
+                **rules[part],
+                "tokens": stats[part].tokens if part in stats else 0,
+                "passes": stats[part].passes if part in stats else 0,
+                "statistics": stats[part].to_dict() if part in stats else None,
+                "regulatory_flops": c.regulatory_flops,
+                "executed_flops": c.executed_flops,
+                "regulatory": c.regulatory.__dict__,
+                "executed": c.executed.__dict__,
+            }
+            for part, c in count.parts.items()
+        }
+
     def _write_json(self, path: Path, doc: dict[str, Any]) -> None:
         """Atomic write (temp file + rename): a reader never sees half a record. Failures are logged, not raised.
 
@@ -636,6 +848,41 @@ class FlopsMeter:
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def write_not_counted(path: Path, reason: str) -> dict[str, Any]:
+    """The record of a run the meter could not count: no figures, and why. Classification refuses it."""
+    record = {
+        "record_type": "flops_meter.run",
+        "record_version": 1,
+        "run_id": uuid.uuid4().hex,
+        "status": "not_counted",
+        "reason": reason,
+        "flops": {"regulatory": None, "executed": None, "confidence": "none"},
+        "software": _software(),
+        "sagemaker": _sagemaker_env(),
+        "disclaimer": NOT_LEGAL_ADVICE,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+    except OSError as e:
+        log.warning("flops_meter: could not write %s: %s", path, e)
+    return record
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MeterError(f"{name}={value!r} must be a non-negative integer")
+    return value
+
+
+def _covers(later: TokenStats, earlier: TokenStats) -> bool:
+    """Totals only grow: a later read-back holds at least what an earlier one did, in every sum."""
+    a, b = later.to_dict(), earlier.to_dict()
+    return all(a[k] >= b[k] for k in a if isinstance(a[k], int)) and all(
+        a["window_pairs"].get(w, 0) >= v for w, v in b["window_pairs"].items()
+    )
 
 
 def _precision_of(model: Any) -> str:

@@ -57,6 +57,13 @@ class ModelSpec:
     attention_dropout: float = 0.0
     residual_dropout: float = 0.0
     name: str = ""
+    # the output head: the LM head over the vocabulary, or a sequence-classification / reward head ("score",
+    # hidden × num_labels, never tied) when the config's architecture is *ForSequenceClassification
+    head_outputs: int = 0  # 0: the vocabulary (LM head)
+
+    @property
+    def classification_head(self) -> bool:
+        return self.head_outputs > 0
 
     @property
     def kv_features(self) -> int:
@@ -351,4 +358,15 @@ def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
         raise MeterError(f"hidden_size {spec.hidden_size} is not divisible by {spec.num_heads} heads")
     if spec.num_heads % spec.num_kv_heads:
         raise MeterError(f"{spec.num_heads} attention heads are not a multiple of {spec.num_kv_heads} key/value heads")
-    return replace(spec, name=name or str(cfg.get("_name_or_path") or ""))
+    return replace(spec, name=name or str(cfg.get("_name_or_path") or ""), head_outputs=_head_outputs(cfg))
+
+
+def _head_outputs(cfg: Mapping[str, Any]) -> int:
+    """num_labels of a *ForSequenceClassification config (reward models), else 0: the LM head."""
+    architectures = cfg.get("architectures") or ()
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return 0
+    labels = cfg.get("num_labels") or len(cfg.get("id2label") or {}) or 2  # transformers' default is 2 labels
+    if isinstance(labels, bool) or not isinstance(labels, int) or labels <= 0:
+        raise MeterError(f"num_labels {labels!r} of a sequence-classification config must be a positive integer")
+    return labels

@@ -7,7 +7,11 @@ Every FLOPs figure is linear in a handful of sums, so a run is described exactly
 - ``padded_tokens`` / ``padded_sq``  Σ B·L and Σ B·L² over micro-batches of B rows padded to L: what eager and
   SDPA kernels execute;
 - ``window_pairs`` Σ pairs within a sliding window w, per window the model uses (Σ min(i, w) over positions);
-- ``passes``      the number of forward passes (micro-batches), for per-pass terms such as DoRA's weight norm.
+- ``passes``      the number of forward passes (micro-batches), for per-pass terms such as DoRA's weight norm;
+- ``head_tokens`` / ``padded_head_tokens``  positions the output head scores (real / as run), when fewer than all
+  (``logits_to_keep`` in generation and GRPO, TRL's fused LM head on labelled positions): default every token;
+- ``head_recompute_tokens``  positions whose head product is run again in backward (TRL's fused LM head):
+  executed only, like any recomputation.
 
 Packed rows (several sequences in one row, ``position_ids`` restarting at 0) contribute each sequence separately
 to the real sums and the whole row to the padded sums: exactly what flash-attention varlen and eager kernels run.
@@ -38,14 +42,23 @@ class TokenStats:
     max_len: int = 0
     passes: int = 0
     window_pairs: dict[int, int] = field(default_factory=dict, hash=False)
+    head_tokens: int | None = None  # None: every real token
+    padded_head_tokens: int | None = None  # None: every padded position
+    head_recompute_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "sum_sq", "padded_tokens", "padded_sq", "sequences", "max_len", "passes"):
+        if self.head_tokens is None:
+            object.__setattr__(self, "head_tokens", self.tokens)
+        if self.padded_head_tokens is None:
+            object.__setattr__(self, "padded_head_tokens", self.padded_tokens)
+        for name in _INT_FIELDS:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise MeterError(f"token statistic {name}={v!r} must be a non-negative integer")
         if self.padded_tokens < self.tokens:
             raise MeterError(f"padded_tokens {self.padded_tokens} is below the real token count {self.tokens}")
+        if self.padded_head_tokens < self.head_tokens:
+            raise MeterError(f"padded_head_tokens {self.padded_head_tokens} is below head_tokens {self.head_tokens}")
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -136,6 +149,9 @@ class TokenStats:
             max_len=max(self.max_len, other.max_len),
             passes=self.passes + other.passes,
             window_pairs={w: self._pairs_in(w) + other._pairs_in(w) for w in keys},
+            head_tokens=self.head_tokens + other.head_tokens,
+            padded_head_tokens=self.padded_head_tokens + other.padded_head_tokens,
+            head_recompute_tokens=self.head_recompute_tokens + other.head_recompute_tokens,
         )
 
     def scaled(self, times: int) -> TokenStats:
@@ -151,6 +167,9 @@ class TokenStats:
             max_len=self.max_len,
             passes=self.passes * times,
             window_pairs={w: v * times for w, v in self.window_pairs.items()},
+            head_tokens=self.head_tokens * times,
+            padded_head_tokens=self.padded_head_tokens * times,
+            head_recompute_tokens=self.head_recompute_tokens * times,
         )
 
     # -- what the count reads -----------------------------------------------------------------------------------
@@ -178,15 +197,41 @@ class TokenStats:
             "max_len": self.max_len,
             "passes": self.passes,
             "window_pairs": {str(k): v for k, v in sorted(self.window_pairs.items())},
+            "head_tokens": self.head_tokens,
+            "padded_head_tokens": self.padded_head_tokens,
+            "head_recompute_tokens": self.head_recompute_tokens,
         }
 
 
+_INT_FIELDS = ("tokens", "sum_sq", "padded_tokens", "padded_sq", "sequences", "max_len", "passes",
+               "head_tokens", "padded_head_tokens", "head_recompute_tokens")  # fmt: skip
+_OPTIONAL = ("head_tokens", "padded_head_tokens", "head_recompute_tokens")  # absent from records before parts
+
+
 def stats_from_dict(d: dict) -> TokenStats:
-    """The inverse of TokenStats.to_dict (window keys come back as integers)."""
-    fields = {
-        k: int(d[k]) for k in ("tokens", "sum_sq", "padded_tokens", "padded_sq", "sequences", "max_len", "passes")
-    }
-    return TokenStats(**fields, window_pairs={int(k): int(v) for k, v in d.get("window_pairs", {}).items()})
+    """The inverse of TokenStats.to_dict (window keys come back as integers).
+
+    Strict: a value that is not an integer (a string "6", a float, a bool) is a MeterError, never coerced, so a
+    damaged journal or checkpoint is refused rather than read as some other count.
+    """
+    if not isinstance(d, dict):
+        raise MeterError(f"token statistics must be an object, got {type(d).__name__}")
+    fields: dict = {}
+    for k in _INT_FIELDS:
+        if k not in d and k in _OPTIONAL:
+            continue
+        v = d.get(k)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise MeterError(f"token statistic {k}={v!r} must be a non-negative integer")
+        fields[k] = v
+    pairs = d.get("window_pairs", {})
+    if not isinstance(pairs, dict) or any(isinstance(v, bool) or not isinstance(v, int) for v in pairs.values()):
+        raise MeterError(f"window_pairs {pairs!r} must map windows to integers")
+    try:
+        windows = {int(k): v for k, v in pairs.items()}
+    except ValueError:
+        raise MeterError(f"window_pairs {pairs!r} must map integer windows to integers") from None
+    return TokenStats(**fields, window_pairs=windows)
 
 
 def _as_rows(t) -> list[Sequence[int]]:

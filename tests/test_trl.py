@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 pytest.importorskip("trl")
@@ -9,19 +11,8 @@ datasets = pytest.importorskip("datasets")
 
 from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config  # noqa: E402
 from meter.reference import TINY_CONFIGS  # noqa: E402
-from tests.trainer_jobs import lengths, read_record, sequences, tiny_model  # noqa: E402
-
-
-def tokenizer():
-    """A word-level tokenizer built in code (no hub): ids 0..511, pad = EOS = 2 as in the data."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(512)}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t1")), pad_token="t2", eos_token="t2"
-    )
+from tests.pass_truth import PassTruth  # noqa: E402
+from tests.trainer_jobs import lengths, read_record, sequences, tiny_model, word_tokenizer  # noqa: E402
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -45,11 +36,17 @@ def test_sft_trainer(tmp_path, padding_free) -> None:
     )
     callback = FlopsMeterCallback(output_path=str(tmp_path / "m.json"))
     trainer = SFTTrainer(
-        model=tiny_model(), args=args, train_dataset=dataset, processing_class=tokenizer(), callbacks=[callback]
+        model=tiny_model(), args=args, train_dataset=dataset, processing_class=word_tokenizer(), callbacks=[callback]
     )
-    trainer.train()
+    truth = PassTruth().policy(trainer.model)
+    with truth:
+        trainer.train()
     record = read_record(tmp_path / "m.json")
+    assert record["flops"]["executed"] == truth.parts["training"]
+    # TRL's fused LM head scores the s - 1 positions of each sequence that have a next-token label
     spec = spec_from_config(TINY_CONFIGS["llama"])
-    want = CostModel(spec, TrainingSetup()).count(TokenStats.from_lengths(lengths(rows))).regulatory_flops
+    stats = TokenStats.from_lengths(lengths(rows))
+    stats = dataclasses.replace(stats, head_tokens=stats.tokens - stats.sequences)
+    want = CostModel(spec, TrainingSetup()).count(stats).regulatory_flops
     assert record["tokens"]["tokens"] == sum(lengths(rows))
     assert record["flops"]["regulatory"] == want

@@ -69,5 +69,21 @@ def run(model, rows, out: Path, callbacks, collator=None, resume: str | None = N
     return trainer
 
 
+def word_tokenizer():
+    """A word-level tokenizer built in code (no hub): words t0..t511 are ids 0..511, pad = EOS = 2, BOS = 0."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({f"t{i}": i for i in range(512)}, unk_token="t1"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t2", eos_token="t2", bos_token="t0")
+
+
+def words(rng: random.Random, low: int, high: int) -> str:
+    """Text of low..high random words of word_tokenizer's vocabulary."""
+    return " ".join(f"t{rng.randint(3, 500)}" for _ in range(rng.randint(low, high)))
+
+
 def read_record(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
