@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meter.errors import MeterError
+from meter.parts import DEFAULT_SCOPE, SCOPES
+from meter.trainer_plan import TRAINERS
 
 
 def _positive_int(name: str):
@@ -65,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     est.add_argument("--model", required=True, help="config.json path, model directory, or Hugging Face model id")
     size = est.add_argument_group("data size (give --sequences, or --tokens; with --seq-len)")
-    size.add_argument("--sequences", type=_positive_int("--sequences"), help="number of training sequences")
+    size.add_argument(
+        "--sequences",
+        type=_positive_int("--sequences"),
+        help="number of training sequences (dpo/kto: examples; grpo/rloo: prompts)",
+    )
     size.add_argument("--tokens", type=_positive_int("--tokens"), help="number of training tokens (non-padding)")
     size.add_argument("--seq-len", type=_positive_int("--seq-len"), help="tokens per sequence")
     size.add_argument("--epochs", type=_positive_int("--epochs"), default=1, help="passes over the data (default 1)")
@@ -83,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--gradient-checkpointing", action="store_true")
     method.add_argument(
         "--attn-implementation", choices=("eager", "sdpa", "flash_attention_2", "flash_attention_3"), default="sdpa"
+    )
+    rl = est.add_argument_group("preference and RL fine-tuning (TRL): the parts of the run, see the README")
+    rl.add_argument("--trainer", choices=TRAINERS, default="sft", help="the trainer (default sft)")
+    rl.add_argument("--prompt-len", type=_positive_int("--prompt-len"), help="prompt tokens (dpo, kto, grpo, rloo)")
+    rl.add_argument("--completion-len", type=_positive_int("--completion-len"), help="completion tokens")
+    rl.add_argument(
+        "--generations", type=_positive_int("--generations"), default=8, help="completions per prompt (default 8)"
+    )
+    rl.add_argument("--iterations", type=_positive_int("--iterations"), default=1, help="grpo/rloo num_iterations")
+    rl.add_argument(
+        "--no-reference", action="store_true", help="no reference forwards (precomputed, or grpo/rloo with beta 0)"
+    )
+    rl.add_argument(
+        "--regulatory-scope",
+        choices=tuple(SCOPES),
+        default=DEFAULT_SCOPE,
+        help="parts the regulatory count includes (default conservative: all but evaluation)",
     )
     reg = est.add_argument_group("threshold")
     reg.add_argument("--pretrain-flops", help="the original model's training compute in FLOP (default: bundled table)")
@@ -172,11 +195,13 @@ class Plan:
     model_note: str
     spec: Any
     setup: Any
-    counts: dict[str, Any]  # label -> (setup, FlopsCount, trainable parameters)
+    counts: dict[str, Any]  # label -> (setup, RunCount or FlopsCount, trainable parameters)
     selected: str
-    stats: Any
+    stats: Any  # of the training steps
     threshold: Any
     pretrain: Any
+    trainer: str = "sft"
+    scope: str = DEFAULT_SCOPE
 
     @property
     def count(self):
@@ -194,6 +219,7 @@ class Plan:
         headroom_flops, headroom_tokens = self.headroom()
         return {
             "model": self.model,
+            "trainer": self.trainer,
             "method": self.setup.method,
             "setup": self.setup.describe(),
             "regulatory_flops": count.regulatory_flops,
@@ -204,6 +230,8 @@ class Plan:
             "trainable_parameters": self.counts[self.selected][2][1],
             "regulatory": count.regulatory.__dict__,
             "executed": count.executed.__dict__,
+            "regulatory_scope": self.scope,
+            "parts": _parts(count, self.scope),
             "threshold": {
                 "flops": self.threshold.flops,
                 "rule": self.threshold.rule,
@@ -228,9 +256,42 @@ class Plan:
         }
 
 
+def _parts(count, scope: str) -> dict[str, Any]:
+    from meter.parts import included
+
+    parts = getattr(count, "parts", None) or {"training": count}
+    return {
+        p: {"regulatory_flops": c.regulatory_flops, "executed_flops": c.executed_flops, "tokens": c.tokens,
+            "included": included(p, scope)}
+        for p, c in parts.items()
+    }  # fmt: skip
+
+
+def _trainer_plan(args):
+    from meter.trainer_plan import TrainerPlan
+
+    if args.trainer == "sft":
+        return TrainerPlan()
+    if args.sequences is None or args.tokens is not None:
+        raise MeterError(f"a {args.trainer} plan counts examples: give --sequences N (with --prompt-len, "
+                         "--completion-len), not --tokens")  # fmt: skip
+    if args.measure:
+        raise MeterError(f"--measure counts supervised steps only: drop it for a {args.trainer} plan")
+    return TrainerPlan(
+        trainer=args.trainer,
+        prompt_len=args.prompt_len or 0,
+        completion_len=args.completion_len or 0,
+        generations=args.generations,
+        reference=not args.no_reference,
+        iterations=args.iterations,
+    )
+
+
 def _stats(args, windows) -> Any:
     from meter.tokens import TokenStats
 
+    if args.trainer != "sft":
+        return None  # built by the trainer plan
     if args.seq_len is None:
         raise MeterError("--seq-len is required: attention cost depends on the sequence length")
     if (args.sequences is None) == (args.tokens is None):
@@ -260,6 +321,7 @@ def plan(args) -> Plan:
     from meter.thresholds import check_flops, threshold_for
 
     resolved = resolve_model(args.model)
+    trainer = _trainer_plan(args)
     common = dict(gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn_implementation)
     setup = TrainingSetup(
         method=args.method,
@@ -290,7 +352,17 @@ def plan(args) -> Plan:
     windows = set().union(*(getattr(m, "windows", set()) for _, m in models.values()))
     stats = _stats(args, windows)
     total = spec.parameter_count() if spec is not None else next(iter(models.values()))[1].parameters
-    counts = {label: (s, m.count(stats), (total, m.trainable_parameters())) for label, (s, m) in models.items()}
+    if args.measure:
+        counts = {label: (s, m.count(stats), (total, m.trainable_parameters())) for label, (s, m) in models.items()}
+    else:
+        from meter.trainer_plan import plan_parts
+
+        bare = CostModel(spec, TrainingSetup(**common))  # the reference: adapters off, or a copy of the original
+        counts = {}
+        for label, (s, m) in models.items():
+            count, stats = plan_parts(m, bare, trainer, args.sequences or 0, epochs=args.epochs, sft_stats=stats,
+                                      scope=args.regulatory_scope)  # fmt: skip
+            counts[label] = (s, count, (total, m.trainable_parameters()))
 
     pretrain = None
     if args.pretrain_flops is not None:
@@ -299,7 +371,8 @@ def plan(args) -> Plan:
         pretrain = pretrain_compute(resolved.name)
         original = pretrain.flops if pretrain is not None else None
     threshold = threshold_for(original, original_systemic_risk=args.original_systemic_risk)
-    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, pretrain)
+    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, pretrain,
+                trainer.trainer, args.regulatory_scope)  # fmt: skip
 
 
 def _upper_quarter(spec) -> str:
@@ -357,6 +430,15 @@ def print_plan(p: Plan) -> None:
         + (", gradient checkpointing" if p.setup.gradient_checkpointing else "")
     )
 
+    if p.trainer != "sft":
+        parts = Table(title=f"Parts of the {p.trainer} plan ({p.setup.method}), FLOP", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+        for col in ("part", "tokens", "regulatory", "executed", "counted"):
+            parts.add_column(col, justify="left" if col == "part" else "right", no_wrap=True)
+        for part, v in _parts(p.count, p.scope).items():
+            parts.add_row(part, f"{v['tokens']:,}", f"{v['regulatory_flops']:.2g}", f"{v['executed_flops']:.2g}",
+                          "yes" if v["included"] else "no")  # fmt: skip
+        console.print(parts)
     table = Table(title="Compute of the plan, FLOP", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("method", no_wrap=True, max_width=26, overflow="ellipsis")
     for col in ("trainable", "regulatory", "executed", "per token", "of limit"):
@@ -402,7 +484,10 @@ def print_plan(p: Plan) -> None:
             )
             + ". Compute of earlier jobs on the same model adds up."
         )
-    console.print(f"[dim]Regulatory: non-padding tokens, causal pairs, no recomputation. {NOT_LEGAL_ADVICE}[/dim]")
+    console.print(
+        f"[dim]Regulatory: non-padding tokens, causal pairs, no recomputation; parts: {p.scope}. "
+        f"{NOT_LEGAL_ADVICE}[/dim]"
+    )
 
 
 def list_models() -> None:
