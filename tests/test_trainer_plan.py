@@ -81,7 +81,7 @@ def test_grpo_plan_is_the_run(tmp_path) -> None:
             max_completion_length=6,
             beta=0.1,
             generation_kwargs={"min_new_tokens": 6},
-        ),  # fmt: skip
+        ),
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=word_tokenizer(),
         callbacks=[FlopsMeterCallback(output_path=str(tmp_path / "m.json"))],
