@@ -5,7 +5,8 @@
 
 Meter options may sit under a ``flops_meter:`` mapping (output_path, pretrain_flops, budget_flops,
 stop_at_fraction, log_every, nvml, original_systemic_risk, regulatory_scope). The environment variables of the
-AWS sample keep their meaning: PRETRAIN_FLOPS, FLOPS_METER_OUT (record path), FLOPS_METER_NVML (0 turns NVML sampling off).
+AWS sample keep their meaning: PRETRAIN_FLOPS, FLOPS_METER_OUT (record path), FLOPS_METER_NVML (0 turns NVML
+sampling off).
 A malformed recipe is an error before training starts — running unmetered by accident would lose the record.
 """
 
