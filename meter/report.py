@@ -79,6 +79,7 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("Base model", f"{base['id']} {base.get('revision') or ''}".strip()),
         ("Method", (run.get("method") or {}).get("setup", "")),
         ("Compute of this run (regulatory)", two_significant(run["flops"]["regulatory"])),
+        *_parts(run["flops"]),
         ("Compute of the lineage", two_significant(v["cumulative_flops"])),
         ("Threshold", f"{two_significant(v['threshold_flops'])} ({v['threshold_rule']})"),
         ("Share of the threshold", f"{v['cumulative_flops'] / v['threshold_flops']:.1%}"),
@@ -91,6 +92,22 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("Record SHA-256", record["record_sha256"]),
         ("Previous record", record.get("previous_record_sha256") or "none (first of its lineage)"),
     ]
+
+
+def _parts(flops: dict[str, Any]) -> list[tuple[str, str]]:
+    """The parts of a preference or RL run, and whether the count is exact (records before parts have neither)."""
+    rows = []
+    parts = {p: v for p, v in (flops.get("parts") or {}).items() if v.get("passes")}
+    if set(parts) - {"training"}:
+        text = "; ".join(
+            f"{p.replace('_', ' ')} {two_significant(v['regulatory_flops'])}"
+            + ("" if v.get("included") else " (not counted)")
+            for p, v in parts.items()
+        )
+        rows.append((f"Parts of the run ({flops.get('regulatory_scope', 'conservative')})", text))
+    if flops.get("confidence") == "lower_bound":
+        rows.append(("Confidence", "lower bound: " + "; ".join(flops.get("degraded") or [])))
+    return rows
 
 
 def _duration(seconds: float) -> str:

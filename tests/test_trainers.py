@@ -361,3 +361,34 @@ def test_updates_only_scope(tmp_path) -> None:
     parts = record["flops"]["parts"]
     assert record["flops"]["regulatory"] == parts["training"]["regulatory_flops"]
     assert not parts["reference_forward"]["included"] and "updates_only" in parts["reference_forward"]["why"]
+
+
+def test_parts_reach_the_audit_record_and_report(tmp_path, capsys) -> None:
+    """A DPO run's record through classify, publish and report: the parts are in the published record (schema
+    checked on publish) and the report lists them."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from meter.cli import main
+
+    run_record = tmp_path / "m.json"
+    trainer = DPOTrainer(
+        model=tiny_model(),
+        args=DPOConfig(**common(tmp_path)),
+        train_dataset=datasets.Dataset.from_list(preference_rows(8)),
+        processing_class=word_tokenizer(),
+        callbacks=[FlopsMeterCallback(output_path=str(run_record))],
+        peft_config=LoraConfig(**LORA),
+    )
+    trainer.train()
+    store = f"file://{tmp_path / 'audit'}"
+    compliance = str(tmp_path / "c.json")
+    assert main(["classify", str(run_record), "--pretrain-flops", "1e20", "--out", compliance, "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["audit", "publish", str(run_record), "--compliance", compliance, "--store", store, "--json"]) == 0
+    published = json.loads(capsys.readouterr().out)
+    sha = published.get("record_sha256") or published["record"]["record_sha256"]
+    report = tmp_path / "report.md"
+    assert main(["report", sha, "--store", store, "--format", "md", "--out", str(report)]) == 0
+    text = report.read_text()
+    assert "Parts of the run (conservative)" in text and "reference forward" in text
