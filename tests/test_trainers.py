@@ -35,7 +35,7 @@ LORA = dict(r=4, target_modules=["q_proj", "v_proj"])
 
 
 def common(tmp_path, **overrides):
-    return dict(
+    settings = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         max_steps=2,
@@ -45,8 +45,8 @@ def common(tmp_path, **overrides):
         disable_tqdm=True,
         seed=0,
         data_seed=0,
-        **overrides,
     )
+    return {**settings, **overrides}
 
 
 def check(record, truth: PassTruth, parts: set[str]) -> None:
@@ -392,3 +392,58 @@ def test_parts_reach_the_audit_record_and_report(tmp_path, capsys) -> None:
     assert main(["report", sha, "--store", store, "--format", "md", "--out", str(report)]) == 0
     text = report.read_text()
     assert "Parts of the run (conservative)" in text and "reference forward" in text
+
+
+def test_dpo_with_gradient_accumulation_and_checkpointing(tmp_path) -> None:
+    """Micro-batches of an accumulated step and checkpointed layers (executed recompute) are counted as run."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    callback = FlopsMeterCallback(output_path=str(tmp_path / "m.json"))
+    trainer = DPOTrainer(
+        model=tiny_model(),
+        args=DPOConfig(
+            **common(tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=2),
+            gradient_checkpointing=True,
+        ),
+        train_dataset=datasets.Dataset.from_list(preference_rows(8)),
+        processing_class=word_tokenizer(),
+        callbacks=[callback],
+        peft_config=LoraConfig(**LORA),
+    )
+    truth = train(trainer)
+    record = read_record(tmp_path / "m.json")
+    check(record, truth, {"training", "reference_forward"})
+    assert record["flops"]["parts"]["training"]["passes"] == 4  # 2 steps × 2 micro-batches
+    assert record["method"]["gradient_checkpointing"] and record["flops"]["executed_parts"]["recompute"] > 0
+
+
+def test_accelerate_loop(tmp_path) -> None:
+    """An accelerate loop with gradient accumulation, then an evaluation in eval mode."""
+    from accelerate import Accelerator
+
+    model = tiny_model()
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    rows = sequences(16)
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=PadCollator())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    truth = PassTruth().policy(model)
+    meter = FlopsMeter(model, output_path=tmp_path / "m.json", nvml=False)
+    with truth, meter:
+        model.train()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                accelerator.backward(model(**batch).loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                meter.step()
+        model.eval()
+        with torch.no_grad():
+            model(**next(iter(loader)))
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["steps"]["optimizer_steps"] == 2 and record["flops"]["parts"]["training"]["passes"] == 4
+    evaluation = record["flops"]["parts"]["evaluation"]
+    assert evaluation["executed_flops"] == truth.parts["policy_forward"] and not evaluation["included"]
+    assert record["flops"]["executed"] == truth.parts["training"]
