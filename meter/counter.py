@@ -84,7 +84,8 @@ class TokenCounter:
                 self._peak = torch.zeros(self.streams, dtype=torch.int64, device=device)
             row = torch.stack(columns)  # the head columns, when present, follow the window pairs
             self._acc[stream, : row.numel()].add_(row)
-            self._peak[stream] = torch.maximum(self._peak[stream], q.amax())
+            peak = self._peak[stream : stream + 1]
+            torch.maximum(peak, q.amax(), out=peak)
         host[0] += rows * length
         host[1] += rows * length * keys
         host[2] += 1
