@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -169,7 +170,10 @@ class FlopsMeter:
         self._probe: AdapterProbe | None = None
         self._pad_token_id: int | None = None
         self._hooks: list[Any] = []
-        self._depth = 0  # > 0 inside a counted forward: nested calls (PEFT -> base model) are not counted again
+        # depth > 0 inside a counted forward: nested calls (PEFT -> base model) are not counted again. Per thread:
+        # nn.DataParallel runs its replicas' forwards (and these hooks) in threads, each on its slice of the batch
+        self._local = threading.local()
+        self._policy_index: dict[str, int] = {}  # part -> the policy's stream
         self.steps = 0  # optimizer steps counted by this meter (redone steps included)
         self.global_step = 0  # the trainer's step
         self.timeline: list[dict[str, Any]] = []
@@ -207,6 +211,7 @@ class FlopsMeter:
         if observed.adapter is not None:  # reference passes with the adapters disabled run the bare base model
             bare = CostModel(spec, TrainingSetup(attn_implementation=observed.setup.attn_implementation))
             self.streams.append(Stream("policy/reference_forward", "reference_forward", bare))
+        self._policy_index = {s.part: i for i, s in enumerate(self.streams)}
         engine_trainable = self.cost.trainable_parameters()
         if not observed.quantized and observed.trainable_numel and observed.trainable_numel != engine_trainable:
             self.notes.append(
@@ -286,8 +291,7 @@ class FlopsMeter:
             self._hooks.append(target.register_forward_hook(self._post_hook, with_kwargs=True, always_call=True))
 
     def _policy_stream(self, module: Any, batch: dict[str, Any]) -> int:
-        part = policy_part(module, batch, self._probe)
-        return next(i for i, s in enumerate(self.streams) if s.part == part and s.name.startswith("policy/"))
+        return self._policy_index[policy_part(module, batch, self._probe)]
 
     def _threshold(self, name: str):
         from meter.catalog import pretrain_compute
@@ -320,8 +324,8 @@ class FlopsMeter:
     # -- counting --------------------------------------------------------------------------------------------------
 
     def _pre_hook(self, module, args, kwargs, stream_of):
-        self._depth += 1
-        if self._depth > 1 or self.counter is None:  # nested in a counted pass, or not started
+        depth = self._local.depth = getattr(self._local, "depth", 0) + 1
+        if depth > 1 or self.counter is None:  # nested in a counted pass, or not started
             return None
         try:
             batch = dict(kwargs)
@@ -336,7 +340,7 @@ class FlopsMeter:
         return None
 
     def _post_hook(self, module, args, kwargs, output):
-        self._depth = max(self._depth - 1, 0)
+        self._local.depth = max(getattr(self._local, "depth", 1) - 1, 0)
         return None
 
     def observe(self, batch: dict[str, Any], part: str = "training") -> None:
@@ -476,7 +480,8 @@ class FlopsMeter:
         return self
 
     def stop(self, status: str | None = None) -> dict[str, Any]:
-        """Final read-back, stop NVML, write the record. Returns the record. Never raises once started."""
+        """Final read-back, stop NVML, write the record. Returns the record. A failed read-back is recorded (the
+        count becomes a lower bound), not raised."""
         try:
             if self.world_size > 1 or self.counter.pending or self.steps != self._last_sync_step or self.count is None:
                 self.sync()  # every rank takes part when distributed: ranks may hold batches rank 0 has not seen
