@@ -76,19 +76,6 @@ def resolve_model(model: str) -> ResolvedModel:
 # Published pretraining compute
 
 
-@dataclass(frozen=True)
-class PretrainCompute:
-    model_id: str  # the row that matched
-    flops: float | None  # None: not published
-    basis: str
-    source: str
-    date: str
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 @cache
 def _pretrain_rows() -> dict[str, dict[str, Any]]:
     doc = json.loads((_data() / "pretrain_compute.json").read_text())
@@ -99,8 +86,9 @@ def _pretrain_rows() -> dict[str, dict[str, Any]]:
     return rows
 
 
-def pretrain_compute(model_id: str) -> PretrainCompute | None:
-    """The published pretraining compute of a model id, or None when the table has no row for it."""
+def original_facts(model_id: str) -> tuple[dict[str, Any], str] | None:
+    """The published facts of a model id (its row of pretrain_compute.json) and a note when a variant resolved to
+    its base; None when the table has no row for it. meter.original turns them into a figure."""
     rows = _pretrain_rows()
     key, note = model_id.lower(), ""
     if key not in rows and _base_id(key) in rows:
@@ -110,9 +98,7 @@ def pretrain_compute(model_id: str) -> PretrainCompute | None:
             "published and is excluded, which lowers the threshold (conservative)"
         )
     row = rows.get(key)
-    if row is None:
-        return None
-    return PretrainCompute(row["id"], row["flops"], row["basis"], row["source"], row["date"], note)
+    return None if row is None else (row, note)
 
 
 def pretrain_table() -> list[dict[str, Any]]:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--measure", action="store_true", help="count with FlopCounterMode on the meta device instead")
     est.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sub.add_parser("models", help="list the bundled model configs and published pretraining compute")
+    models = sub.add_parser("models", help="list the bundled model configs and each original's training compute")
+    models.add_argument("--json", action="store_true", help="print one JSON array (sources, dates, trail)")
 
     cls = sub.add_parser(
         "classify",
@@ -166,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lineage_store(uri: str | None):
+    """The audit store holding the lineage's earlier runs: --store, else $FLOPS_METER_STORE, else the default local
+    store. A local store that does not exist yet holds no runs (and is not created by reading it)."""
+    import os
+    from urllib.parse import urlparse
+
+    from meter.stores import open_store
+
+    uri = uri or os.environ.get("FLOPS_METER_STORE") or _default_store()
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        from pathlib import Path
+
+        path = Path((parsed.netloc + parsed.path) if parsed.scheme == "file" else uri)
+        if not (path / "ledger.sqlite").is_file():
+            return None
+    return open_store(uri)
+
+
 def _default_store() -> str:
     from meter.stores import DEFAULT_STORE
 
@@ -177,7 +197,10 @@ def _original_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--pretrain-flops", help="the original model's training compute in FLOP (user-given)")
     group.add_argument("--base-model", help="the original model's Hugging Face id (looked up in the bundled table)")
     p.add_argument("--original-systemic-risk", action="store_true", help="the original has systemic risk")
-    p.add_argument("--store", help=f"audit store URI for the lineage's earlier runs (default {_default_store()})")
+    p.add_argument(
+        "--store",
+        help=f"audit store URI for the lineage's earlier runs (default $FLOPS_METER_STORE or {_default_store()})",
+    )
     p.add_argument("--lineage", help="the released model whose jobs add up (default: the base model id)")
 
 
@@ -199,7 +222,7 @@ class Plan:
     selected: str
     stats: Any  # of the training steps
     threshold: Any
-    pretrain: Any
+    pretrain: Any  # the original's compute (meter.original.OriginalCompute)
     trainer: str = "sft"
     scope: str = DEFAULT_SCOPE
 
@@ -237,7 +260,7 @@ class Plan:
                 "rule": self.threshold.rule,
                 "citation": self.threshold.citation,
                 "original_flops": self.threshold.original_flops,
-                "original_source": None if self.pretrain is None else self.pretrain.to_dict(),
+                "original": self.pretrain.to_dict(),
                 "notes": list(self.threshold.notes),
             },
             "crosses_threshold": self.threshold.crossed_by(count.regulatory_flops),
@@ -315,10 +338,11 @@ def _targets(text: str | None):
 
 
 def plan(args) -> Plan:
-    from meter.catalog import pretrain_compute, resolve_model
+    from meter.catalog import resolve_model
     from meter.count import CostModel, TrainingSetup, default_lora_targets
+    from meter.original import resolve_original
     from meter.spec import spec_from_config
-    from meter.thresholds import check_flops, threshold_for
+    from meter.thresholds import threshold_for
 
     resolved = resolve_model(args.model)
     trainer = _trainer_plan(args)
@@ -364,14 +388,9 @@ def plan(args) -> Plan:
                                       scope=args.regulatory_scope)  # fmt: skip
             counts[label] = (s, count, (total, m.trainable_parameters()))
 
-    pretrain = None
-    if args.pretrain_flops is not None:
-        original = check_flops(args.pretrain_flops, "--pretrain-flops")
-    else:
-        pretrain = pretrain_compute(resolved.name)
-        original = pretrain.flops if pretrain is not None else None
-    threshold = threshold_for(original, original_systemic_risk=args.original_systemic_risk)
-    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, pretrain,
+    original = resolve_original(resolved.name, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
+    threshold = threshold_for(original.flops, original_systemic_risk=original.is_systemic_risk)
+    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, original,
                 trainer.trainer, args.regulatory_scope)  # fmt: skip
 
 
@@ -454,17 +473,19 @@ def print_plan(p: Plan) -> None:
         )
     console.print(table)
 
-    t = p.threshold
-    if p.pretrain is not None and p.pretrain.flops is not None:
-        pc = p.pretrain
-        origin = f"{pc.model_id}: {pc.flops:.4g} FLOP ({pc.basis}; {pc.source}; {pc.date})"
-    elif t.original_flops is not None:
-        origin = f"given: {t.original_flops:.4g} FLOP"
+    t, o = p.threshold, p.pretrain
+    if o.flops is not None:
+        origin = f"{two_significant(o.flops)} — {o.method}" + (f"; {o.source}" if o.basis != "user" else "")
+        origin += f" ({o.date})" if o.date else ""
     else:
-        origin = "unknown" + (f" ({p.pretrain.source})" if p.pretrain is not None else " (not in the bundled table)")
+        origin = f"unknown ({o.source})"
     console.print(f"original training compute: {origin}")
-    if p.pretrain is not None and p.pretrain.note:
-        console.print(f"  note: {p.pretrain.note}")
+    if o.inputs:
+        shown = {k: v for k, v in o.inputs.items() if k not in ("alternative", "peak_source", "parameters_are")}
+        console.print("  from: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in shown.items()))  # fmt: skip
+    if o.uncertainty and o.basis == "estimated":
+        console.print(f"  uncertainty: {o.uncertainty}")
     console.print(f"threshold: [bold]{two_significant(t.flops)}[/bold]  — {t.citation}")
     for note in t.notes:
         console.print(f"  note: {note}")
@@ -490,22 +511,45 @@ def print_plan(p: Plan) -> None:
     )
 
 
-def list_models() -> None:
+def list_models(as_json: bool = False) -> None:
+    """Each bundled model with its original's training compute: basis, method, facts, uncertainty (and, in JSON,
+    source, date and the resolution trail)."""
     from rich.table import Table
 
-    from meter.catalog import bundled_configs, pretrain_compute
+    from meter.catalog import bundled_configs
+    from meter.original import resolve_original
+    from meter.thresholds import two_significant
 
-    table = Table(title="Bundled model configs (architecture only)", title_justify="left")
-    for col in ("model id", "model_type", "pretraining compute", "source"):
-        table.add_column(col)
+    rows = []
     for key, path in sorted(bundled_configs().items()):
         if "/" not in key and key != "tiny-llama":
             continue  # bare-name aliases
         cfg = json.loads(path.read_text())
-        pc = pretrain_compute(cfg["_name_or_path"])
-        flops = "—" if pc is None else ("unknown" if pc.flops is None else f"{pc.flops:.4g}")
-        table.add_row(cfg["_name_or_path"], cfg["model_type"], flops, "" if pc is None else pc.source)
-    _console().print(table)
+        rows.append((cfg, resolve_original(cfg["_name_or_path"])))
+    if as_json:
+        print(json.dumps([{"model": c["_name_or_path"], "model_type": c["model_type"], "original": o.to_dict()}
+                          for c, o in rows], indent=2))  # fmt: skip
+        return
+    short = {"reported": "as reported", "user": "as given", "unknown": "—"}
+    table = Table(title="Bundled model configs (architecture only) and the original's training compute",
+                  title_justify="left")  # fmt: skip
+    table.add_column("model id", no_wrap=True)
+    for col in ("compute", "basis", "from published facts", "uncertainty"):
+        table.add_column(col, overflow="fold")
+    for cfg, o in rows:
+        method = "6·P·D" if "6·P·D" in o.method else "N·L·H·U"
+        facts = ", ".join(f"{k} {v:.3g}" if isinstance(v, float | int) else f"{k} {v}" for k, v in o.inputs.items()
+                          if k in ("parameters", "tokens", "gpu_hours", "chip"))  # fmt: skip
+        basis = f"estimated {method}" if o.basis == "estimated" else o.basis
+        uncertainty = short.get(o.basis) or ("±30 % (para 123)" if method == "6·P·D" else "U = 50 % assumed")
+        compute = "unknown" if o.flops is None else two_significant(o.flops)
+        table.add_row(cfg["_name_or_path"], compute, basis, facts, uncertainty)
+    console = _console()
+    console.print(table)
+    console.print(
+        "[dim]Sources, dates, uncertainties and how each figure was resolved: flops-meter models --json. "
+        "Resolution: given > reported > estimated (Annex A.2) > fallback (Guidelines §3.2, para 64).[/dim]"
+    )
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
@@ -515,10 +559,11 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
 
 
 def _verdict(args, run: dict[str, Any], store=None):
-    from meter.governance import original_compute, run_verdict
+    from meter.governance import run_verdict
+    from meter.original import resolve_original
 
     base = args.base_model or (run.get("model") or {}).get("name") or "unknown"
-    original = original_compute(base, args.pretrain_flops, args.original_systemic_risk, label="--pretrain-flops")
+    original = resolve_original(base, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
     lineage = args.lineage or base
     verdict = run_verdict(
         run, original, lineage=lineage, store=store, approaching_fraction=getattr(args, "approaching", 0.8)
@@ -527,12 +572,10 @@ def _verdict(args, run: dict[str, Any], store=None):
 
 
 def cmd_classify(args) -> int:
-    from meter.stores import open_store
-
     run = _read_json(args.run, "run record")
     from meter.governance import compliance_document
 
-    store = open_store(args.store) if (args.store or args.lineage) else None
+    store = _lineage_store(args.store)
     base, lineage, verdict = _verdict(args, run, store)
     doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     from pathlib import Path
@@ -658,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print_plan(p)
         elif args.command == "models":
-            list_models()
+            list_models(args.json)
         elif args.command == "classify":
             return cmd_classify(args)
         elif args.command == "audit":

@@ -9,8 +9,11 @@ Statuses:
 - ``downstream_modifier``  cumulative compute at most the threshold (and below the approaching fraction);
 - ``approaching``          at or above ``approaching_fraction`` of the threshold (default 80 %), or forecast to cross;
 - ``gpai_provider``        cumulative compute strictly more than one third of the original's (Guidelines §3.2);
-- ``gpai_sr_provider``     the same, where the original has systemic risk: the modified model is presumed to have
-                           systemic risk too (§3.2.2) and the Commission must be notified within two weeks (Art. 52).
+- ``gpai_sr_provider``     the same, where the original has systemic risk (§3.2.2, para 70), or where the modified
+                           model's cumulative training compute — the original's plus the lineage's, since weights
+                           used for initialisation count (Annex A.1, paras 118 and 121) — exceeds 1e25 (Art. 51(2)):
+                           the Commission must be notified within two weeks, or as soon as it becomes known that the
+                           threshold will be met (Art. 52(1)): a forecast crossing counts.
 
 This is not legal advice.
 """
@@ -23,8 +26,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from meter.errors import MeterError
+from meter.original import OriginalCompute
 from meter.thresholds import (
-    GPAI_INDICATIVE_FLOPS,
     NOT_LEGAL_ADVICE,
     NOTIFICATION_DAYS,
     SYSTEMIC_RISK_FLOPS,
@@ -35,7 +38,6 @@ from meter.thresholds import (
 )
 
 Status = Literal["downstream_modifier", "approaching", "gpai_provider", "gpai_sr_provider"]
-Basis = Literal["user", "table", "unknown"]
 
 DUTIES_PROVIDER = (
     "Technical documentation of the modification (Art. 53(1)(a), Annex XI), limited to the modification (recital 109)",
@@ -48,30 +50,6 @@ DUTIES_SYSTEMIC_RISK = (
     "Model evaluation including adversarial testing, systemic-risk assessment and mitigation (Art. 55(1)(a)-(b))",
     "Serious-incident tracking and reporting (Art. 55(1)(c)) and adequate cybersecurity (Art. 55(1)(d))",
 )
-
-
-@dataclass(frozen=True)
-class OriginalCompute:
-    """The original model's training compute and where the figure comes from."""
-
-    flops: float | None
-    basis: Basis
-    source: str = ""
-    systemic_risk: bool | None = None  # None: derived from the compute when known
-
-    def __post_init__(self) -> None:
-        if self.flops is not None:
-            check_flops(self.flops, "original (pretraining) compute")
-            if self.flops == 0:
-                raise MeterError("original (pretraining) compute must be positive: use basis 'unknown' instead")
-        if (self.flops is None) != (self.basis == "unknown"):
-            raise MeterError("original compute: give a figure with basis 'user' or 'table', or none with 'unknown'")
-
-    @property
-    def is_systemic_risk(self) -> bool:
-        if self.systemic_risk is not None:
-            return self.systemic_risk
-        return self.flops is not None and exact(self.flops) > exact(SYSTEMIC_RISK_FLOPS)
 
 
 @dataclass(frozen=True)
@@ -97,6 +75,8 @@ class Verdict:
     duties: tuple[str, ...]
     decided_at: str
     figures: dict[str, str] = field(default_factory=dict)
+    # original + lineage: the cumulative training compute of the modified model (Annex A.1, paras 118, 121)
+    model_cumulative_flops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,12 +88,8 @@ class Verdict:
             "threshold_flops": self.threshold_flops,
             "threshold_rule": self.threshold_rule,
             "threshold_citation": self.threshold_citation,
-            "original": {
-                "flops": self.original.flops,
-                "basis": self.original.basis,
-                "source": self.original.source,
-                "systemic_risk": self.original.is_systemic_risk,
-            },
+            "original": self.original.to_dict(),
+            "model_cumulative_flops": self.model_cumulative_flops,
             "ratio": self.ratio,
             "headroom_flops": self.headroom_flops,
             "headroom_tokens": self.headroom_tokens,
@@ -156,7 +132,13 @@ def classify(
     forecast_total = None if forecast_flops is None else prior_lineage_flops + forecast_flops
     forecast_crosses = forecast_total is not None and threshold.crossed_by(forecast_total)
     near = Fraction(cumulative) >= threshold.exact * Fraction(repr(approaching_fraction))
-    systemic = original.is_systemic_risk
+    # the modified model's cumulative compute includes the original's (Annex A.1, paras 118, 121)
+    model_total = None if original.flops is None else exact(original.flops) + cumulative
+    model_forecast = None if original.flops is None or forecast_total is None else (
+        exact(original.flops) + exact(forecast_total))  # fmt: skip
+    presumed = model_total is not None and model_total > exact(SYSTEMIC_RISK_FLOPS)
+    presumed_forecast = model_forecast is not None and model_forecast > exact(SYSTEMIC_RISK_FLOPS)
+    systemic = original.is_systemic_risk or presumed
 
     if crossed:
         status: Status = "gpai_sr_provider" if systemic else "gpai_provider"
@@ -165,9 +147,7 @@ def classify(
     else:
         status = "downstream_modifier"
 
-    notes = list(threshold.notes)
-    if original.flops is not None and exact(original.flops) <= exact(GPAI_INDICATIVE_FLOPS):
-        notes.insert(0, "original_may_not_be_gpai")
+    notes = list(threshold.notes)  # in words: an original at or below 1e23 "may not be a GPAI model at all"
     if original.basis == "unknown":
         notes.append(
             "The original's training compute is unknown: the fallback threshold applies only if it cannot be "
@@ -183,7 +163,19 @@ def classify(
             "The run is forecast to cross the threshold: Art. 52(1) runs from when it becomes known that the "
             "threshold will be met."
         )
-    notification = systemic and (crossed or forecast_crosses)
+    if presumed and crossed and not original.is_systemic_risk:
+        notes.append(
+            f"The modified model's cumulative training compute, the original's {two_significant(original.flops)} "
+            f"plus this lineage's {two_significant(cumulative)}, exceeds 1e25 FLOP: it is presumed to have systemic "
+            "risk (Art. 51(2); weights used for initialisation count, Guidelines Annex A.1 paras 118 and 121)."
+        )
+    forecast_systemic = original.is_systemic_risk or presumed_forecast
+    if forecast_crosses and not crossed and forecast_systemic and not original.is_systemic_risk:
+        notes.append(
+            "At the forecast, the modified model's cumulative training compute (original plus lineage) exceeds "
+            "1e25 FLOP: it becomes known that the systemic-risk threshold will be met (Art. 52(1))."
+        )
+    notification = (systemic and crossed) or (forecast_systemic and forecast_crosses)
     deadline = (now + dt.timedelta(days=NOTIFICATION_DAYS)).date().isoformat() if notification else None
     duties: tuple[str, ...] = ()
     if crossed:
@@ -211,6 +203,7 @@ def classify(
         notes=tuple(notes),
         duties=duties,
         decided_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model_cumulative_flops=None if model_total is None else float(model_total),
         figures={
             "this_run": two_significant(regulatory_flops),
             "cumulative": two_significant(cumulative),

@@ -4,33 +4,13 @@ SageMaker step entrypoints, so that both apply exactly the same logic."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
-from meter.compliance import OriginalCompute, Verdict, classify
+from meter.compliance import Verdict, classify
 from meter.errors import MeterError
-
-
-def original_compute(
-    base_model: str, pretrain_flops: float | str | None, systemic_risk: bool = False, *, label: str = "PretrainFlops"
-) -> OriginalCompute:
-    """The original's compute with its basis: user-given, the bundled table, or unknown.
-
-    ``label`` names the input in error messages as the user gave it (--pretrain-flops, PretrainFlops).
-    """
-    from meter.catalog import pretrain_compute
-    from meter.thresholds import check_flops
-
-    sr = True if systemic_risk else None
-    if pretrain_flops is not None and str(pretrain_flops).strip() != "":
-        flops = check_flops(pretrain_flops, label)
-        return OriginalCompute(flops, "user", f"given as {label}", sr)
-    published = pretrain_compute(base_model)
-    if published is None or published.flops is None:
-        why = published.source if published is not None else "not in the bundled table"
-        return OriginalCompute(None, "unknown", f"{base_model}: {why}", sr)
-    detail = f"{published.model_id}: {published.basis}; {published.source}; {published.date}"
-    return OriginalCompute(published.flops, "table", detail + (f" ({published.note})" if published.note else ""), sr)
+from meter.original import OriginalCompute
 
 
 def run_verdict(
@@ -91,14 +71,86 @@ def publish(
 
     if compliance.get("run_id") not in (None, run.get("run_id")):
         raise MeterError(f"the verdict is of run {compliance['run_id']}, not of {run.get('run_id')}")
+    check_run(run)
     base = compliance.get("base_model") or (run.get("model") or {}).get("name") or "unknown"
     lineage = compliance.get("lineage") or base
+    compliance = checked_compliance(store, run, compliance, base=base, lineage=lineage)
     verdict = {k: v for k, v in compliance.items() if k not in ("lineage", "base_model", "run_id", "metadata")}
     draft = draft_record(
         run, verdict, lineage_id=lineage, base_model=base, base_revision=revision,
         parent_records=parents, dataset=dataset, code=code,
     )  # fmt: skip
     return store.publish(draft)
+
+
+# the fields a verdict is decided by: a compliance file that disagrees on any of them is not what the record and
+# the store give
+_DECIDING = ("status", "crossed", "regulatory_flops", "prior_lineage_flops", "cumulative_flops", "threshold_flops",
+             "threshold_rule", "notification_required")  # fmt: skip
+
+
+def checked_compliance(store, run: dict[str, Any], compliance: dict[str, Any], *, base: str, lineage: str):
+    """The verdict to seal: the given compliance document when it is what the record and the store give now, else
+    the verdict recomputed from them (an edited compliance.json, or earlier runs of the lineage published since it
+    was classified), with a note saying what the given one said."""
+    given = compliance.get("original") or {}
+    if given.get("basis") == "user":  # a figure the user gave: recorded as given, it cannot be looked up
+        original = OriginalCompute(given["flops"], "user", given.get("source") or "given", given.get("systemic_risk"))
+    else:
+        from meter.original import resolve_original
+
+        original = resolve_original(base, systemic_risk=True if given.get("systemic_risk") else None)
+    fraction = compliance.get("approaching_fraction", 0.8)
+    verdict = run_verdict(run, original, lineage=lineage, store=store, approaching_fraction=fraction)
+    recomputed = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
+    differs = [k for k in _DECIDING if compliance.get(k) != recomputed.get(k)]
+    if (given.get("flops") or None) != (original.flops or None):
+        differs.append("original")
+    if not differs:
+        return compliance
+    said = f"status {compliance.get('status')}, cumulative {compliance.get('cumulative_flops')}"
+    recomputed["notes"] = [
+        *recomputed["notes"],
+        f"Recomputed at publication from the run record and the audit store: the compliance document given said "
+        f"{said} ({', '.join(differs)} differed).",
+    ]
+    return recomputed
+
+
+def check_run(run: dict[str, Any]) -> None:
+    """A run record whose figures disagree with each other is refused (one line): regulatory and executed counts,
+    the parts they sum, the timeline they end, the training tokens."""
+    flops = run.get("flops") or {}
+    regulatory, executed = flops.get("regulatory"), flops.get("executed")
+    for name, value in (("regulatory", regulatory), ("executed", executed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MeterError(f"run record flops.{name}={value!r} is not a non-negative integer: is it a "
+                             "flops_meter.json?")  # fmt: skip
+    problems = []
+    if executed < regulatory:
+        problems.append(f"executed {executed} is below regulatory {regulatory}")
+    parts = flops.get("parts")
+    if isinstance(parts, dict) and parts:
+        included = sum(p.get("regulatory_flops", 0) for p in parts.values() if p.get("included"))
+        ran = sum(p.get("executed_flops", 0) for name, p in parts.items() if name != "evaluation")
+        if included != regulatory:
+            problems.append(f"regulatory {regulatory} is not the sum of its included parts ({included})")
+        if ran != executed:
+            problems.append(f"executed {executed} is not the sum of its parts ({ran})")
+        training = parts.get("training") or {}
+        tokens = (run.get("tokens") or {}).get("tokens")
+        if "tokens" in training and tokens is not None and training["tokens"] != tokens:
+            problems.append(f"tokens {tokens} differ from the training part's {training['tokens']}")
+    timeline = run.get("timeline") or []
+    if timeline and run.get("status") in ("completed", "stopped_by_budget"):
+        last = timeline[-1].get("regulatory_flops")
+        if last != regulatory:
+            problems.append(f"regulatory {regulatory} differs from the end of its timeline ({last})")
+        series = [t.get("regulatory_flops", 0) for t in timeline]
+        if any(b < a for a, b in itertools.pairwise(series)):
+            problems.append("its timeline decreases")
+    if problems:
+        raise MeterError(f"run record {run.get('run_id')} is inconsistent: {'; '.join(problems)}: refused")
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:

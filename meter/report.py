@@ -71,6 +71,7 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
     original = v.get("original") or {}
     base = record["lineage"]["base_model"]
     original_flops = two_significant(original["flops"]) if original.get("flops") else "unknown"
+    original_basis = original.get("method") or original.get("basis")
     energy_text = (
         f"{kwh:.2g} kWh ({energy.get('energy_method')})" if kwh is not None else f"not measured: {energy.get('reason')}"
     )
@@ -83,7 +84,7 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("Compute of the lineage", two_significant(v["cumulative_flops"])),
         ("Threshold", f"{two_significant(v['threshold_flops'])} ({v['threshold_rule']})"),
         ("Share of the threshold", f"{v['cumulative_flops'] / v['threshold_flops']:.1%}"),
-        ("Original model's compute", f"{original_flops} ({original.get('basis')}: {original.get('source', '')})"),
+        ("Original model's compute", f"{original_flops} ({original_basis}; {original.get('source', '')})"),
         ("Executed compute (padding, recomputation)", two_significant(run["flops"]["executed"])),
         ("Tokens", f"{(run.get('tokens') or {}).get('tokens', 0):,}"),
         ("Energy", energy_text),

@@ -294,20 +294,19 @@ class FlopsMeter:
         return self._policy_index[policy_part(module, batch, self._probe)]
 
     def _threshold(self, name: str):
-        from meter.catalog import pretrain_compute
+        from meter.original import resolve_original
 
-        if self.pretrain_flops is not None:
-            return threshold_for(self.pretrain_flops, original_systemic_risk=self.original_systemic_risk), None
-        published = pretrain_compute(name)
-        original = published.flops if published is not None else None
-        if published is None:
+        original = resolve_original(name, self.pretrain_flops, systemic_risk=self.original_systemic_risk or None,
+                                    label="pretrain_flops")  # fmt: skip
+        if original.flops is None:
             # a local path (as on SageMaker) is not a model id: say so, the fallback may be above the true third
             self.notes.append(
-                f"the original model '{name}' is not in the published-compute table: the fallback threshold applies. "
-                "If its training compute is known, give it (pretrain_flops or PRETRAIN_FLOPS): one third of a known "
-                "compute can be lower than the fallback (Llama-2-7B: 2.8e22 < 3.3e22)"
+                f"the original model '{name}' is not in the table of published facts: the fallback threshold "
+                "applies. If its training compute is known or can be estimated (Guidelines Annex A.2), give it "
+                "(pretrain_flops or PRETRAIN_FLOPS): one third of a known compute can be lower than the fallback "
+                "(Llama-2-7B: 2.8e22 < 3.3e22)"
             )
-        return threshold_for(original, original_systemic_risk=self.original_systemic_risk), published
+        return threshold_for(original.flops, original_systemic_risk=original.is_systemic_risk), original
 
     @property
     def setup(self) -> TrainingSetup:
@@ -779,7 +778,7 @@ class FlopsMeter:
                 "rule": t.rule,
                 "citation": t.citation,
                 "original_flops": t.original_flops,
-                "original_source": None if self.pretrain_source is None else self.pretrain_source.to_dict(),
+                "original": self.pretrain_source.to_dict(),
                 "fraction": count.regulatory_flops / t.flops,
                 "crossed_by_this_run": t.crossed_by(count.regulatory_flops),
                 "notes": list(t.notes),

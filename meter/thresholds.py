@@ -2,7 +2,8 @@
 
 Sources: Regulation (EU) 2024/1689 (the AI Act) and the Commission Guidelines on the scope of the obligations for
 providers of general-purpose AI models, C(2025) 5045 (18 July 2025), re-adopted as C(2025) 7719. Cited by
-section, since paragraph numbers differ between the two versions. This is not legal advice.
+section and paragraph of C(2025) 5045 (paragraph numbers may differ in the re-adopted version). This is not legal
+advice.
 """
 
 from __future__ import annotations
@@ -80,17 +81,19 @@ def threshold_for(original_flops: float | None, *, original_systemic_risk: bool 
         if original <= GPAI_INDICATIVE_FLOPS:
             notes.append(
                 f"The original's compute ({original:.2g} FLOP) is not above {GPAI_INDICATIVE_FLOPS:.0e}: it may not be "
-                f"a general-purpose AI model at all (Guidelines §2.1); the one-third comparison is reported anyway."
+                "a general-purpose AI model at all (Guidelines §2.1, para 17); the one-third comparison is reported "
+                "anyway."
             )
         if original > SYSTEMIC_RISK_FLOPS:
             notes.append(
                 "The original is presumed to have systemic risk (Art. 51(2)): a modifier that becomes provider is "
-                "presumed so too and must notify the Commission within two weeks (Art. 52(1); Guidelines §3.2.2)."
+                "presumed so too and must notify the Commission within two weeks (Art. 52(1); Guidelines §3.2.2, "
+                "para 70)."
             )
         return Threshold(
             basis_flops=original,
             rule="one_third_of_known",
-            citation=f"{_GUIDELINES}, §3.2: more than one third of the original model's training compute",
+            citation=f"{_GUIDELINES}, §3.2 para 63: more than one third of the original model's training compute",
             original_flops=original,
             notes=tuple(notes),
         )
@@ -98,13 +101,14 @@ def threshold_for(original_flops: float | None, *, original_systemic_risk: bool 
         return Threshold(
             basis_flops=SYSTEMIC_RISK_FLOPS,
             rule="fallback_systemic_risk",
-            citation=f"{_GUIDELINES}, §3.2.2: original compute unknown, original has systemic risk: one third of 1e25",
+            citation=f"{_GUIDELINES}, §3.2 para 64: original compute unknown and not estimable, original has systemic "
+            "risk: one third of 1e25",
             original_flops=None,
         )
     return Threshold(
         basis_flops=GPAI_INDICATIVE_FLOPS,
         rule="fallback_gpai",
-        citation=f"{_GUIDELINES}, §3.2: original compute unknown: one third of 1e23",
+        citation=f"{_GUIDELINES}, §3.2 para 64: original compute unknown and not estimable: one third of 1e23",
         original_flops=None,
     )
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from meter.governance import compliance_document, original_compute, run_verdict
+from meter.governance import compliance_document, run_verdict
+from meter.original import resolve_original
 from steps.common import flag, processing_input, processing_output, read_run_record, run_step, write_json
 
 
@@ -30,7 +31,9 @@ def main() -> int:
         from meter.stores import open_store
 
         store = open_store(args.store_uri)
-    original = original_compute(base, args.pretrain_flops, flag(args.original_systemic_risk))
+    original = resolve_original(
+        base, args.pretrain_flops, systemic_risk=flag(args.original_systemic_risk) or None, label="PretrainFlops"
+    )
     verdict = run_verdict(run, original, lineage=lineage, store=store, approaching_fraction=args.approaching_fraction)
     doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     path = write_json(processing_output("compliance") / "compliance.json", doc)

@@ -14,7 +14,7 @@ import json
 from meter.catalog import resolve_model
 from meter.compliance import classify
 from meter.count import CostModel
-from meter.governance import original_compute
+from meter.original import resolve_original
 from meter.recipe import load_recipe
 from meter.spec import spec_from_config
 from meter.tokens import TokenStats
@@ -109,7 +109,12 @@ def main() -> int:
         from meter.stores import open_store
 
         prior = open_store(args.store_uri).lineage_flops(args.lineage)
-    original = original_compute(recipe.base_model_id, args.pretrain_flops, flag(args.original_systemic_risk))
+    original = resolve_original(
+        recipe.base_model_id,
+        args.pretrain_flops,
+        systemic_risk=flag(args.original_systemic_risk) or None,
+        label="PretrainFlops",
+    )
     verdict = classify(
         count.regulatory_flops,
         original,

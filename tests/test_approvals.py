@@ -219,7 +219,7 @@ def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
     sm = boto3.client("sagemaker")
     group = f"group-{os.urandom(4).hex()}"
     sm.create_model_package_group(ModelPackageGroupName=group)
-    original = OriginalCompute(3e23, "table", "test")
+    original = OriginalCompute(3e23, "user", "given as PretrainFlops")
     items = {}
     for flops, name in ((9 * 10**22, "approaching"), (2 * 10**23, "blocked")):
         run = run_record(flops)
@@ -328,7 +328,7 @@ def crossed_record(store, lineage: str, flops: int = 2 * 10**23):
     from tests.test_audit import run_record
 
     run = run_record(flops)
-    verdict = classify(flops, OriginalCompute(3e23, "table", "test"))
+    verdict = classify(flops, OriginalCompute(3e23, "user", "given as PretrainFlops"))
     return publish(store, run, compliance_document(verdict, lineage=lineage, base_model="base", run_id=run["run_id"]))
 
 

@@ -18,7 +18,7 @@ from meter.compliance import OriginalCompute, classify
 from meter.errors import MeterError
 from meter.stores import FileStore, open_store
 
-ORIGINAL = OriginalCompute(7.2e23, "table", "Meta Llama 3 model card")
+ORIGINAL = OriginalCompute(7.2e23, "reported", "Meta Llama 3 model card")
 
 
 def run_record(flops: int, run_id: str | None = None) -> dict:

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from meter.cli import main
+from meter.stores import FileStore
 from tests.test_audit import run_record
 
 
@@ -49,7 +50,7 @@ def test_lineage_adds_up_across_jobs(capsys, tmp_path, runs) -> None:
         )
         verdict = json.loads(out.read_text())
         statuses.append((code, verdict["status"], verdict["cumulative_flops"]))
-        assert verdict["threshold_rule"] == "one_third_of_known" and verdict["original"]["basis"] == "table"
+        assert verdict["threshold_rule"] == "one_third_of_known" and verdict["original"]["basis"] == "estimated"
         code, _, _ = cli(capsys, "audit", "publish", str(path), "--compliance", str(out), "--store", store)
         assert code == 0
     # SFT, then DPO, then one more job on the same released model: 42 %, 83 %, then more than one third
@@ -101,3 +102,52 @@ def test_errors_are_one_line(capsys, tmp_path, runs, argv, message) -> None:
     argv = [a.replace("{run}", str(runs[0])).replace("{tmp}", str(tmp_path)) for a in argv]
     code, _, err = cli(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_forged_compliance_file_is_not_sealed(capsys, tmp_path) -> None:
+    """compliance.json edited to say downstream_modifier for a run 16x over: the sealed verdict is recomputed from
+    the record and the store, and says what the file claimed."""
+    store = f"file://{tmp_path / 'audit'}"
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({**run_record(4 * 10**24, "run-x"), "model": {"name": "meta-llama/Meta-Llama-3-8B"}}))
+    out = tmp_path / "c.json"
+    cli(capsys, "classify", str(run), "--store", store, "--out", str(out))
+    forged = json.loads(out.read_text())
+    forged.update(status="downstream_modifier", crossed=False, cumulative_flops=10**21)
+    out.write_text(json.dumps(forged))
+    code, _, _ = cli(capsys, "audit", "publish", str(run), "--compliance", str(out), "--store", store, "--json")
+    assert code == 0
+    audit = FileStore(tmp_path / "audit")
+    (entry,) = audit.entries()
+    record = audit.get(entry.record_sha256)
+    assert record["verdict"]["status"] == "gpai_provider" and record["verdict"]["crossed"]
+    assert any("downstream_modifier" in n and "Recomputed" in n for n in record["verdict"]["notes"])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r["flops"].update(regulatory=1000), "end of its timeline"),
+        (lambda r: r["flops"].update(executed=10), "below regulatory"),
+    ],
+)
+def test_an_edited_record_is_refused(capsys, tmp_path, edit, message) -> None:
+    run = {**run_record(10**23, "run-e"), "model": {"name": "meta-llama/Meta-Llama-3-8B"}}
+    run["timeline"] = [{"step": 1, "regulatory_flops": 10**23 // 2}, {"step": 2, "regulatory_flops": 10**23}]
+    edit(run)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    code, _, err = cli(capsys, "audit", "publish", str(path), "--store", f"file://{tmp_path / 'audit'}")
+    assert code == 2 and message in err and "inconsistent" in err and len(err.strip().splitlines()) == 1
+
+
+def test_classify_counts_the_default_store_and_lineage(capsys, tmp_path, monkeypatch, runs) -> None:
+    """No --store, no --lineage: the lineage's earlier runs in the default store ($FLOPS_METER_STORE) count."""
+    monkeypatch.setenv("FLOPS_METER_STORE", f"file://{tmp_path / 'audit'}")
+    out = tmp_path / "c.json"
+    code, _, _ = cli(capsys, "classify", str(runs[0]), "--out", str(out))
+    assert code == 0 and json.loads(out.read_text())["prior_lineage_flops"] == 0
+    assert not (tmp_path / "audit").exists()  # reading a store that is not there does not create it
+    assert cli(capsys, "audit", "publish", str(runs[0]), "--compliance", str(out))[0] == 0
+    code, _, _ = cli(capsys, "classify", str(runs[1]), "--out", str(out))
+    assert json.loads(out.read_text())["prior_lineage_flops"] == 10**23  # the first job, same base-model lineage

@@ -42,7 +42,7 @@ def test_full_fine_tuning_is_counted_exactly(tmp_path, capsys) -> None:
     assert record["energy"]["energy_kwh"] is None and record["energy"]["reason"]  # no GPU here: said so
     # a model built from a config has no hub id: the fallback threshold applies, and the record says why
     assert record["threshold"]["rule"] == "fallback_gpai"
-    assert any("not in the published-compute table" in note for note in record["notes"])
+    assert any("not in the table of published facts" in note for note in record["notes"])
 
 
 def test_pad_equal_to_eos_is_counted(tmp_path) -> None:

@@ -9,8 +9,9 @@ from importlib import resources
 
 import pytest
 
-from meter.catalog import pretrain_compute, pretrain_table
+from meter.catalog import pretrain_table
 from meter.errors import MeterError
+from meter.original import resolve_original
 from meter.thresholds import threshold_for
 
 
@@ -51,19 +52,15 @@ def test_bad_original_compute(bad) -> None:
         threshold_for(0)
 
 
-def test_every_row_has_a_source_and_a_date() -> None:
-    for row in pretrain_table():
-        assert row["source"] and row["date"] and row["basis"], row["id"]
-        assert row["flops"] is None or row["flops"] > 0
+def test_data_file_schema_version() -> None:
     doc = json.loads((resources.files("meter") / "data" / "pretrain_compute.json").read_text())
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2 and len(doc["models"]) == len(pretrain_table())
 
 
 def test_lookup_is_case_insensitive_and_resolves_variants() -> None:
-    assert pretrain_compute("META-LLAMA/llama-2-7b-HF").flops == 8.4e22
-    chat = pretrain_compute("meta-llama/Llama-2-7b-chat-hf")
-    assert chat.model_id == "meta-llama/Llama-2-7b-hf" and "post-training" in chat.note
-    assert pretrain_compute("Qwen/Qwen2.5-72B-Instruct").flops == 7.8e24
-    assert pretrain_compute("google/gemma-2-9b-it").flops == 4.32e23
-    assert pretrain_compute("mistralai/Mistral-7B-v0.1").flops is None  # a row that says: unpublished
-    assert pretrain_compute("acme/unheard-of") is None
+    assert resolve_original("META-LLAMA/llama-3.1-405B").flops == 3.8e25
+    chat = resolve_original("meta-llama/Llama-2-7b-chat-hf")
+    assert chat.source.startswith("meta-llama/Llama-2-7b-hf") and "post-training" in chat.source
+    assert resolve_original("Qwen/Qwen2.5-72B-Instruct").flops == resolve_original("Qwen/Qwen2.5-72B").flops
+    assert resolve_original("mistralai/Mistral-7B-v0.1").basis == "unknown"  # a row that says: nothing published
+    assert resolve_original("acme/unheard-of").basis == "unknown"
