@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from meter import FlopsMeter, FlopsMeterCallback
+from meter import FlopsMeterCallback
 from tests.pass_truth import PassTruth
-from tests.test_trainers import LORA, common, preference_rows, reward_length, tiny_reward_model, train
-from tests.trainer_jobs import PadCollator, read_record, sequences, tiny_model, word_tokenizer, words
+from tests.test_trainers import LORA, common, plain_loop, preference_rows, reward_length, tiny_reward_model, train
+from tests.trainer_jobs import read_record, sequences, tiny_model, word_tokenizer, words
 
 
 def dataset(rows):
@@ -123,26 +123,6 @@ def sft_padding_free(tmp: Path) -> PassTruth:
     args = SFTConfig(**common(tmp), padding_free=True, pad_to_multiple_of=64, max_length=None,
                      dataset_kwargs={"skip_prepare_dataset": True})  # fmt: skip
     return train(SFTTrainer(model=tiny_model(), args=args, train_dataset=dataset(sequences(12)[:8]), **attach(tmp)))
-
-
-def plain_loop(tmp: Path) -> PassTruth:
-    """Three training steps, then a validation forward under no_grad without model.eval()."""
-    model = tiny_model()
-    collate = PadCollator()
-    batches = [collate(sequences(16)[i : i + 4]) for i in range(0, 16, 4)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    truth = PassTruth().policy(model)
-    meter = FlopsMeter(model, output_path=tmp / "m.json", nvml=False)
-    with truth, meter:
-        model.train()
-        for batch in batches[:3]:
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            meter.step()
-        with torch.no_grad():
-            model(**batches[3])
-    return truth
 
 
 CASES = {

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meter.count import CostModel, FlopsCount, PassFlops
+from meter.count import CostModel, FlopsCount, PassFlops, Totals
 from meter.parts import PARTS, included
 from meter.tokens import TokenStats
 
@@ -36,7 +36,7 @@ class Stream:
 
 
 @dataclass(frozen=True)
-class RunCount:
+class RunCount(Totals):
     """A run's count by part; the regulatory total sums the parts its scope includes."""
 
     parts: dict[str, FlopsCount]
@@ -51,22 +51,10 @@ class RunCount:
         return _sum(c.executed for p, c in self.parts.items() if p != "evaluation")
 
     @property
-    def regulatory_flops(self) -> int:
-        return self.regulatory.total
-
-    @property
-    def executed_flops(self) -> int:
-        return self.executed.total
-
-    @property
     def tokens(self) -> int:
         """Training tokens: what the per-token figures and the headroom in tokens are about."""
         training = self.parts.get("training")
         return training.tokens if training else 0
-
-    @property
-    def flops_per_token(self) -> float:
-        return self.regulatory_flops / self.tokens if self.tokens else 0.0
 
 
 def count_streams(streams: Sequence[Stream], stats: Sequence[TokenStats], scope: str) -> RunCount:

@@ -153,15 +153,12 @@ class Rates:
     per_head: PassFlops = PassFlops()
 
 
-@dataclass(frozen=True)
-class FlopsCount:
-    """The result: both counts and their parts, exact integers."""
+class Totals:
+    """The totals of anything with ``regulatory`` and ``executed`` PassFlops and the ``tokens`` they are about."""
 
     regulatory: PassFlops
     executed: PassFlops
     tokens: int
-    model: str
-    method: str
 
     @property
     def regulatory_flops(self) -> int:
@@ -174,6 +171,17 @@ class FlopsCount:
     @property
     def flops_per_token(self) -> float:
         return self.regulatory_flops / self.tokens if self.tokens else 0.0
+
+
+@dataclass(frozen=True)
+class FlopsCount(Totals):
+    """The result: both counts and their parts, exact integers."""
+
+    regulatory: PassFlops
+    executed: PassFlops
+    tokens: int
+    model: str
+    method: str
 
     def to_dict(self) -> dict:
         return {

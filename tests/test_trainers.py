@@ -321,14 +321,15 @@ def test_logs_reach_the_reporting_integrations(tmp_path) -> None:
     assert logged[-1]["flops_meter/regulatory_flops"] == record["flops"]["regulatory"]
 
 
-def test_plain_loop_with_validation_under_no_grad(tmp_path) -> None:
-    """A plain loop validating under no_grad without model.eval(): forward only, no backward counted."""
+def plain_loop(out) -> PassTruth:
+    """Three training steps of a plain loop, then a validation forward under no_grad without model.eval(); the
+    record goes to ``out``/m.json (also run by bench/trainers.py)."""
     model = tiny_model()
     collate = PadCollator()
     batches = [collate(sequences(16)[i : i + 4]) for i in range(0, 16, 4)]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     truth = PassTruth().policy(model)
-    meter = FlopsMeter(model, output_path=tmp_path / "m.json", nvml=False)
+    meter = FlopsMeter(model, output_path=out / "m.json", nvml=False)
     with truth, meter:
         model.train()
         for batch in batches[:3]:
@@ -338,6 +339,12 @@ def test_plain_loop_with_validation_under_no_grad(tmp_path) -> None:
             meter.step()
         with torch.no_grad():
             model(**batches[3])
+    return truth
+
+
+def test_plain_loop_with_validation_under_no_grad(tmp_path) -> None:
+    """Validation under no_grad without model.eval(): forward only, no backward counted."""
+    truth = plain_loop(tmp_path)
     check(json.loads((tmp_path / "m.json").read_text()), truth, {"training", "policy_forward"})
 
 
