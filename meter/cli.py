@@ -589,14 +589,14 @@ def cmd_classify(args) -> int:
 
 
 def _print_verdict(v, lineage: str, out: str) -> None:
-    from meter.thresholds import NOT_LEGAL_ADVICE
+    from meter.thresholds import NOT_LEGAL_ADVICE, rule_text
 
     console = _console()
     color = {"downstream_modifier": "green", "approaching": "yellow"}.get(v.status, "bold red")
     console.print(f"[{color}]{v.status}[/{color}]  lineage {lineage}")
     console.print(
         f"  this run {v.figures['this_run']}, lineage total {v.figures['cumulative']}, threshold "
-        f"{v.figures['threshold']} ({v.threshold_rule}; {v.ratio:.2%} of it)"
+        f"{v.figures['threshold']} ({rule_text(v.threshold_rule)}; {v.ratio:.2%} of it)"
     )
     console.print(f"  original compute: {v.original.source or v.original.basis}")
     console.print(f"  rule: {v.threshold_citation}")

@@ -21,6 +21,7 @@ This is not legal advice.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -44,6 +45,8 @@ DUTIES_PROVIDER = (
     "Information and documentation for downstream providers (Art. 53(1)(b), Annex XII), for the modification",
     "A policy to comply with Union copyright law (Art. 53(1)(c))",
     "A public summary of the content used for the modification, i.e. the fine-tuning data (Art. 53(1)(d))",
+    "If established outside the Union: appoint an authorised representative in the Union before placing the model "
+    "on the market (Art. 54; Guidelines para 69)",
 )
 DUTIES_SYSTEMIC_RISK = (
     "Notify the Commission without delay and in any event within two weeks (Art. 52(1))",
@@ -77,6 +80,14 @@ class Verdict:
     figures: dict[str, str] = field(default_factory=dict)
     # original + lineage: the cumulative training compute of the modified model (Annex A.1, paras 118, 121)
     model_cumulative_flops: float | None = None
+    threshold_exact: Fraction | None = None  # the threshold as the exact rational it is compared as
+
+    @property
+    def threshold_integer(self) -> int:
+        """The largest whole number of FLOP that does not cross (crossing is strictly more than the threshold)."""
+        return (
+            math.floor(self.threshold_exact) if self.threshold_exact is not None else math.floor(self.threshold_flops)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +215,7 @@ def classify(
         duties=duties,
         decided_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         model_cumulative_flops=None if model_total is None else float(model_total),
+        threshold_exact=threshold.exact,
         figures={
             "this_run": two_significant(regulatory_flops),
             "cumulative": two_significant(cumulative),

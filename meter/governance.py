@@ -50,7 +50,7 @@ def compliance_document(verdict: Verdict, *, lineage: str, base_model: str, run_
     metadata = {  # strings, for model-package metadata (exact integers: no float rounding on the way)
         "regulatory_flops": str(verdict.regulatory_flops),
         "cumulative_flops": str(verdict.cumulative_flops),
-        "threshold_flops": str(verdict.threshold_flops),
+        "threshold_flops": str(verdict.threshold_integer),
         "status": verdict.status,
     }
     return {**verdict.to_dict(), "lineage": lineage, "base_model": base_model, "run_id": run_id, "metadata": metadata}

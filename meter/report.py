@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.errors import MeterError
-from meter.thresholds import NOT_LEGAL_ADVICE, two_significant
+from meter.thresholds import NOT_LEGAL_ADVICE, rule_text, two_significant
 
 STATUS_TEXT = {
     "downstream_modifier": "Downstream modifier: below the threshold",
@@ -82,7 +82,7 @@ def _facts(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("Compute of this run (regulatory)", two_significant(run["flops"]["regulatory"])),
         *_parts(run["flops"]),
         ("Compute of the lineage", two_significant(v["cumulative_flops"])),
-        ("Threshold", f"{two_significant(v['threshold_flops'])} ({v['threshold_rule']})"),
+        ("Threshold", f"{two_significant(v['threshold_flops'])} ({rule_text(v['threshold_rule'])})"),
         ("Share of the threshold", f"{v['cumulative_flops'] / v['threshold_flops']:.1%}"),
         ("Original model's compute", f"{original_flops} ({original_basis}; {original.get('source', '')})"),
         ("Executed compute (padding, recomputation)", two_significant(run["flops"]["executed"])),

@@ -113,6 +113,19 @@ def threshold_for(original_flops: float | None, *, original_systemic_risk: bool 
     )
 
 
+RULE_TEXT = {
+    "one_third_of_known": "one third of the original's training compute",
+    "fallback_gpai": "original's compute unknown and not estimable: one third of 1e23",
+    "fallback_systemic_risk": "original's compute unknown and not estimable, original with systemic risk: one third "
+    "of 1e25",
+}
+
+
+def rule_text(rule: str | None) -> str:
+    """A threshold rule in words, for people (the machine code stays in records and metadata)."""
+    return RULE_TEXT.get(str(rule), str(rule))
+
+
 def two_significant(flops: float) -> str:
     """A compute figure as the notification form asks: two significant figures, e.g. '2.3e+25 FLOP'."""
     return f"{flops:.1e} FLOP"

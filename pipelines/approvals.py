@@ -25,6 +25,7 @@ from typing import Any
 
 from meter.errors import MeterError
 from meter.flagged import decision_document
+from meter.thresholds import rule_text
 from pipelines.registries import Registry, model_package_request, verdict_metadata
 
 STATUSES = ("pending", "approved", "rejected")
@@ -378,7 +379,7 @@ def print_item(item: Item, store_flag: str | None, home: Path) -> None:
     console.print(f"  lineage      {doc['lineage']} (base model {doc['base_model']}), run {doc['run_id']}")
     console.print(
         f"  compute      this run {figures.get('this_run', '?')}, lineage {figures.get('cumulative', '?')}, "
-        f"threshold {figures.get('threshold', '?')} ({doc.get('threshold_rule')})"
+        f"threshold {figures.get('threshold', '?')} ({rule_text(doc.get('threshold_rule'))})"
     )
     console.print(f"  record       {doc['record_uri']}  (sha256 {doc['record_sha256']})")
     console.print(f"  report       {_here(doc.get('report_uri'), home)}")

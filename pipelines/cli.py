@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from meter.errors import MeterError
+from meter.thresholds import rule_text
 
 DEFINITION_LIMIT = 1_048_576  # characters: SageMaker's PipelineDefinition limit
 
@@ -271,7 +272,8 @@ def print_summary(doc: dict[str, Any], home) -> None:
         if name == "ClassifyCompliance":
             console.print(
                 f"verdict: {found['status']} (crossed={found['crossed']}): lineage {found['lineage']} "
-                f"{found['figures']['cumulative']} against {found['figures']['threshold']} ({found['threshold_rule']})"
+                f"{found['figures']['cumulative']} against {found['figures']['threshold']} "
+                f"({rule_text(found['threshold_rule'])})"
             )
         else:
             console.print(f"audit record: {found['record_uri']} (sha256 {found['record_sha256'][:16]}…)")

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from meter.flagged import FLAGGED_STATUSES, flagged_item, item_id
+from meter.thresholds import rule_text
 from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
 
 STEP_STATUS = "SageMaker Model Building Pipeline Execution Step Status Change"
@@ -128,7 +129,8 @@ def _summary(item: dict[str, Any]) -> list[str]:
     return [
         f"Model: fine-tuned from {item['base_model']} (lineage {item['lineage']}, run {item['run_id']})",
         f"Verdict: {item['verdict']}: lineage compute {figures.get('cumulative', '?')}, threshold "
-        f"{figures.get('threshold', '?')} ({item.get('threshold_rule')}); this run {figures.get('this_run', '?')}",
+        f"{figures.get('threshold', '?')} ({rule_text(item.get('threshold_rule'))}); "
+        f"this run {figures.get('this_run', '?')}",
         f"Audit record: {item['record_uri']} (sha256 {item['record_sha256']})",
         f"Report: {item.get('report_uri') or '-'}",
         f"Model artifact: {item.get('model_uri') or '-'}",

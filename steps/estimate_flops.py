@@ -17,6 +17,7 @@ from meter.count import CostModel
 from meter.original import resolve_original
 from meter.recipe import load_recipe
 from meter.spec import spec_from_config
+from meter.thresholds import rule_text
 from meter.tokens import TokenStats
 from steps.common import flag, one_file, processing_input, processing_output, run_step, write_json
 from steps.data import sequences, tokenizer_for
@@ -144,7 +145,8 @@ def main() -> int:
     path = write_json(processing_output("estimate") / "estimate.json", doc)
     print(
         f"estimate_flops: plan {verdict.figures['this_run']} ({count.tokens:,} tokens), lineage "
-        f"{verdict.figures['cumulative']}, threshold {verdict.figures['threshold']} ({verdict.threshold_rule}): "
+        f"{verdict.figures['cumulative']}, threshold {verdict.figures['threshold']} "
+        f"({rule_text(verdict.threshold_rule)}): "
         f"{verdict.status}; gate {'passed' if doc['gate_passed'] else 'CLOSED'}; wrote {path}"
     )
     return 0

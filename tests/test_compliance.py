@@ -132,3 +132,15 @@ def test_never_downstream_above_the_threshold(original, run, prior) -> None:
         assert v.status in ("gpai_provider", "gpai_sr_provider") and v.crossed
     if v.crossed:
         assert v.status != "downstream_modifier" and v.duties
+
+
+def test_metadata_gives_exact_integers_and_duties_are_complete() -> None:
+    """Registry metadata: the threshold as the exact whole number of FLOP it is compared as, never a float's
+    rounding (2.7999999999999996e+22); a provider's duties include Art. 54 (Guidelines para 69)."""
+    from meter.governance import compliance_document
+
+    v = classify(10**23, LLAMA2_7B, now=NOW)
+    doc = compliance_document(v, lineage="l", base_model="meta-llama/Llama-2-7b-hf", run_id="r")
+    assert doc["metadata"]["threshold_flops"] == "28000000000000000000000"
+    assert classify(10**21, UNKNOWN, now=NOW).threshold_integer == 33333333333333333333333
+    assert any("Art. 54" in d for d in v.duties) and v.status == "gpai_provider"
