@@ -486,6 +486,9 @@ def print_plan(p: Plan) -> None:
                                              for k, v in shown.items()))  # fmt: skip
     if o.uncertainty and o.basis == "estimated":
         console.print(f"  uncertainty: {o.uncertainty}")
+    for step in o.trail:
+        if "differ" in step:
+            console.print(f"  [yellow]note[/yellow]: {step}")
     console.print(f"threshold: [bold]{two_significant(t.flops)}[/bold]  — {t.citation}")
     for note in t.notes:
         console.print(f"  note: {note}")

@@ -101,6 +101,7 @@ class Verdict:
             "threshold_citation": self.threshold_citation,
             "original": self.original.to_dict(),
             "model_cumulative_flops": self.model_cumulative_flops,
+            "threshold_integer": self.threshold_integer,
             "ratio": self.ratio,
             "headroom_flops": self.headroom_flops,
             "headroom_tokens": self.headroom_tokens,

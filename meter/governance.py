@@ -20,11 +20,14 @@ def run_verdict(
     lineage: str,
     store=None,
     approaching_fraction: float = 0.8,
+    prior: int | None = None,
 ) -> Verdict:
-    """The verdict of a run record, counted with the lineage's earlier runs in ``store`` (this run excluded)."""
-    prior = 0
-    if store is not None:
-        prior = sum(e.regulatory_flops for e in store.entries(lineage) if e.record_id != run.get("run_id"))
+    """The verdict of a run record, counted with the lineage's earlier runs: ``prior`` when given (a total read
+    atomically with the append), else those in ``store`` (this run excluded)."""
+    if prior is None:
+        prior = 0
+        if store is not None:
+            prior = sum(e.regulatory_flops for e in store.entries(lineage) if e.record_id != run.get("run_id"))
     flops = run.get("flops") or {}
     if run.get("status") == "not_counted":
         raise MeterError(
@@ -47,13 +50,20 @@ def run_verdict(
 
 def compliance_document(verdict: Verdict, *, lineage: str, base_model: str, run_id: str | None) -> dict[str, Any]:
     """compliance.json: the verdict plus what a pipeline condition reads (crossed, status, flops, threshold)."""
-    metadata = {  # strings, for model-package metadata (exact integers: no float rounding on the way)
-        "regulatory_flops": str(verdict.regulatory_flops),
-        "cumulative_flops": str(verdict.cumulative_flops),
-        "threshold_flops": str(verdict.threshold_integer),
-        "status": verdict.status,
+    doc = verdict.to_dict()
+    return {**doc, "lineage": lineage, "base_model": base_model, "run_id": run_id, "metadata": verdict_metadata(doc)}
+
+
+def verdict_metadata(verdict: dict[str, Any]) -> dict[str, str]:
+    """Strings for model-package metadata (exact integers: no float rounding on the way), from a verdict document
+    (a compliance file's, or the one sealed in a record)."""
+    threshold = verdict.get("threshold_integer")
+    return {
+        "regulatory_flops": str(verdict["regulatory_flops"]),
+        "cumulative_flops": str(verdict["cumulative_flops"]),
+        "threshold_flops": str(threshold if threshold is not None else verdict["threshold_flops"]),
+        "status": verdict["status"],
     }
-    return {**verdict.to_dict(), "lineage": lineage, "base_model": base_model, "run_id": run_id, "metadata": metadata}
 
 
 def publish(
@@ -74,13 +84,21 @@ def publish(
     check_run(run)
     base = compliance.get("base_model") or (run.get("model") or {}).get("name") or "unknown"
     lineage = compliance.get("lineage") or base
-    compliance = checked_compliance(store, run, compliance, base=base, lineage=lineage)
-    verdict = {k: v for k, v in compliance.items() if k not in ("lineage", "base_model", "run_id", "metadata")}
+    original = _original(compliance, base)
+
+    def verdict_for(prior: int) -> dict[str, Any]:
+        checked = checked_compliance(run, compliance, original, base=base, lineage=lineage, prior=prior)
+        return _verdict_part(checked)
+
     draft = draft_record(
-        run, verdict, lineage_id=lineage, base_model=base, base_revision=revision,
+        run, _verdict_part(compliance), lineage_id=lineage, base_model=base, base_revision=revision,
         parent_records=parents, dataset=dataset, code=code,
     )  # fmt: skip
-    return store.publish(draft)
+    return store.publish(draft, verdict_for=verdict_for)
+
+
+def _verdict_part(compliance: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in compliance.items() if k not in ("lineage", "base_model", "run_id", "metadata")}
 
 
 # the fields a verdict is decided by: a compliance file that disagrees on any of them is not what the record and
@@ -89,19 +107,25 @@ _DECIDING = ("status", "crossed", "regulatory_flops", "prior_lineage_flops", "cu
              "threshold_rule", "notification_required")  # fmt: skip
 
 
-def checked_compliance(store, run: dict[str, Any], compliance: dict[str, Any], *, base: str, lineage: str):
-    """The verdict to seal: the given compliance document when it is what the record and the store give now, else
-    the verdict recomputed from them (an edited compliance.json, or earlier runs of the lineage published since it
-    was classified), with a note saying what the given one said."""
+def _original(compliance: dict[str, Any], base: str) -> OriginalCompute:
+    """The original's compute a compliance document rests on, looked up again unless the user gave it."""
     given = compliance.get("original") or {}
     if given.get("basis") == "user":  # a figure the user gave: recorded as given, it cannot be looked up
-        original = OriginalCompute(given["flops"], "user", given.get("source") or "given", given.get("systemic_risk"))
-    else:
-        from meter.original import resolve_original
+        return OriginalCompute(given["flops"], "user", given.get("source") or "given", given.get("systemic_risk"))
+    from meter.original import resolve_original
 
-        original = resolve_original(base, systemic_risk=True if given.get("systemic_risk") else None)
+    return resolve_original(base, systemic_risk=True if given.get("systemic_risk") else None)
+
+
+def checked_compliance(
+    run: dict[str, Any], compliance: dict[str, Any], original: OriginalCompute, *, base: str, lineage: str, prior: int
+) -> dict[str, Any]:
+    """The verdict to seal: the given compliance document when it is what the record and the lineage's total
+    ``prior`` give, else the verdict recomputed from them (an edited compliance.json, or earlier runs of the lineage
+    published since it was classified), with a note saying what the given one said."""
+    given = compliance.get("original") or {}
     fraction = compliance.get("approaching_fraction", 0.8)
-    verdict = run_verdict(run, original, lineage=lineage, store=store, approaching_fraction=fraction)
+    verdict = run_verdict(run, original, lineage=lineage, approaching_fraction=fraction, prior=prior)
     recomputed = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     differs = [k for k in _DECIDING if compliance.get(k) != recomputed.get(k)]
     if (given.get("flops") or None) != (original.flops or None):

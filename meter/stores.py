@@ -23,6 +23,7 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +49,7 @@ class Published:
 class AuditStore(Protocol):
     uri: str
 
-    def publish(self, draft: dict[str, Any]) -> Published: ...
+    def publish(self, draft: dict[str, Any], verdict_for: VerdictFor | None = None) -> Published: ...
     def lineage_flops(self, lineage: str) -> int: ...
     def entries(self, lineage: str | None = None) -> list[LedgerEntry]: ...
     def get(self, sha: str) -> dict[str, Any]: ...
@@ -150,6 +151,10 @@ def _verify_decisions(store: AuditStore, lineage: str | None, known: set[str], c
     return VerifyReport(True, checked, decisions=count)
 
 
+# decides the verdict to seal from the lineage's total before this record, read atomically with the append
+VerdictFor = Callable[[int], dict[str, Any]]
+
+
 def _duplicate(existing: dict[str, Any], draft: dict[str, Any], uri: str) -> Published:
     if content_hash(existing) != content_hash(draft):
         raise MeterError(
@@ -187,7 +192,7 @@ class FileStore:
     def path(self, sha: str) -> Path:
         return self.records / f"{sha}.json"
 
-    def publish(self, draft: dict[str, Any]) -> Published:
+    def publish(self, draft: dict[str, Any], verdict_for: VerdictFor | None = None) -> Published:
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")  # one publisher at a time: the head cannot move under us
@@ -200,6 +205,9 @@ class FileStore:
                 "SELECT sequence, record_sha256 FROM ledger WHERE lineage = ? ORDER BY sequence DESC LIMIT 1",
                 (lineage,),
             ).fetchone()
+            if verdict_for is not None:  # the lineage total under the lock: no other publisher can append now
+                rows = db.execute("SELECT regulatory_flops FROM ledger WHERE lineage = ?", (lineage,)).fetchall()
+                draft = {**draft, "verdict": verdict_for(sum(int(r[0]) for r in rows))}
             record = seal(draft, sequence=(head[0] + 1) if head else 1, previous=head[1] if head else None)
             sha = record["record_sha256"]
             self._write_once(self.path(sha), canonical_json(record))
@@ -312,7 +320,7 @@ class S3Store:
         except BotoCoreError as e:
             raise MeterError(f"audit store {self.uri} unreachable: {e}") from None
 
-    def publish(self, draft: dict[str, Any]) -> Published:
+    def publish(self, draft: dict[str, Any], verdict_for: VerdictFor | None = None) -> Published:
         from botocore.exceptions import ClientError
 
         existing = self._by_record_id(draft["record_id"])
@@ -320,7 +328,12 @@ class S3Store:
             return _duplicate(self.get(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
         lineage = draft["lineage"]["id"]
         for attempt in range(_RETRIES):
-            head = self._head(lineage)
+            if verdict_for is None:
+                head = self._head(lineage)
+            else:  # head and total from one consistent read; an append after it fails the sequence claim below
+                chain = sorted(self.entries(lineage), key=lambda e: e.sequence)
+                head = (chain[-1].sequence, chain[-1].record_sha256) if chain else (0, None)
+                draft = {**draft, "verdict": verdict_for(sum(e.regulatory_flops for e in chain))}
             record = seal(draft, sequence=head[0] + 1, previous=head[1])
             sha = record["record_sha256"]
             self._put_object(sha, canonical_json(record))

@@ -145,7 +145,6 @@ def build(config: PipelineConfig | None = None) -> Governed:
 
         from steps.factories import (
             AUDIT_FILE,
-            COMPLIANCE_FILE,
             ESTIMATE_FILE,
             StepContext,
             classify_compliance_step,
@@ -220,7 +219,10 @@ def build(config: PipelineConfig | None = None) -> Governed:
             store_uri=config.audit_store_uri,
             container_image=config.image("training"),
         )
-        verdict, audit = _reader(classify, COMPLIANCE_FILE), _reader(publish, AUDIT_FILE)
+        # the gate and the registration read the verdict sealed by PublishAudit: the one the lineage's total gives
+        # at publication, which may differ from ClassifyCompliance's when another job of the lineage published since
+        audit = _reader(publish, AUDIT_FILE)
+        verdict = audit
 
         register = register_model_step(
             "RegisterModel",

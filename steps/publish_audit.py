@@ -2,8 +2,10 @@
 
 Inputs (processing): ``run/`` (flops_meter.json or model.tar.gz), ``compliance/`` (compliance.json), optionally
 ``dataset/`` (its files are hashed). Output: ``audit/audit.json`` with ``record_uri``, ``record_sha256`` and
-``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty) and ``model_card``
-(the model package model card, JSON text, that RegisterModel attaches).
+``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty), ``model_card``
+(the model package model card, JSON text, that RegisterModel attaches), and the sealed verdict the registration
+gate reads (``status``, ``crossed``, ``threshold_rule``, ``figures``, ``metadata``): recomputed at publication,
+atomically with the append, so two jobs of one lineage classified at once cannot both pass.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import json
 
 from meter.flagged import flagged_item, model_card
-from meter.governance import publish
+from meter.governance import publish, verdict_metadata
 from meter.stores import open_store
 from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
 
@@ -73,6 +75,12 @@ def main() -> int:
         "lineage": record["lineage"]["id"],
         "sequence": record["sequence"],
         "status": record["verdict"]["status"],
+        # the sealed verdict, which the registration gate reads: recomputed at publication when the lineage's
+        # total had moved since ClassifyCompliance (another job of the lineage published in between)
+        "crossed": record["verdict"]["crossed"],
+        "threshold_rule": record["verdict"]["threshold_rule"],
+        "figures": record["verdict"]["figures"],
+        "metadata": verdict_metadata(record["verdict"]),
         "flagged_item": item["id"] if item else "",
         "model_card": model_card(record, args.model_uri or None),  # attached to the registered model package
     }

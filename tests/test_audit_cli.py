@@ -151,3 +151,40 @@ def test_classify_counts_the_default_store_and_lineage(capsys, tmp_path, monkeyp
     assert cli(capsys, "audit", "publish", str(runs[0]), "--compliance", str(out))[0] == 0
     code, _, _ = cli(capsys, "classify", str(runs[1]), "--out", str(out))
     assert json.loads(out.read_text())["prior_lineage_flops"] == 10**23  # the first job, same base-model lineage
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_concurrent_publishers_seal_what_their_total_gives(capsys, tmp_path, request, backend) -> None:
+    """Four jobs of one lineage, each classified before any was published (all "downstream"), then published by
+    four processes at once: each sealed verdict is the one the lineage total at its append gives."""
+    import subprocess
+    import sys
+
+    store = f"file://{tmp_path / 'audit'}" if backend == "file" else request.getfixturevalue("s3_store_uri")
+    jobs = []
+    for i in range(4):  # 1e23 each on Llama-3-8B: threshold 2.4e23
+        run = tmp_path / f"run{i}.json"
+        run.write_text(json.dumps({**run_record(10**23, f"job-{i}"), "model": {"name": "meta-llama/Meta-Llama-3-8B"}}))
+        out = tmp_path / f"c{i}.json"
+        assert cli(capsys, "classify", str(run), "--store", store, "--out", str(out))[0] == 0
+        assert json.loads(out.read_text())["status"] == "downstream_modifier"
+        jobs.append((run, out))
+    code = "import sys; from meter.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, "audit", "publish", str(r), "--compliance", str(c), "--store", store],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r, c in jobs
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0], [p.stderr.read() for p in procs]
+    from meter.stores import open_store
+
+    audit = open_store(store)
+    chain = sorted(audit.entries("meta-llama/Meta-Llama-3-8B"), key=lambda e: e.sequence)
+    verdicts = [audit.get(e.record_sha256)["verdict"] for e in chain]
+    assert [v["cumulative_flops"] for v in verdicts] == [10**23, 2 * 10**23, 3 * 10**23, 4 * 10**23]
+    assert [v["status"] for v in verdicts] == ["downstream_modifier", "approaching", "gpai_provider", "gpai_provider"]
+    assert all(any("Recomputed at publication" in n for n in v["notes"]) for v in verdicts[1:])

@@ -139,11 +139,12 @@ def test_structure_four_steps_gates_and_registration(doc) -> None:
         "RegistrationGate",
     ]
     assert [s["Name"] for s in gate["ElseSteps"]] == ["PlanCrossesThreshold"]
-    # registration gate on the compliance verdict's `crossed`, after PublishAudit (so the record exists either way)
+    # registration gate on the sealed verdict's `crossed` (PublishAudit's, recomputed atomically with the append:
+    # two jobs of one lineage classified at once cannot both pass), so the record exists either way
     reg = steps["RegistrationGate"]
     assert reg["Arguments"]["Conditions"][0]["LeftValue"] == {
         "Std:JsonGet": {
-            "PropertyFile": {"Get": "Steps.ClassifyCompliance.PropertyFiles.ComplianceReport"},
+            "PropertyFile": {"Get": "Steps.PublishAudit.PropertyFiles.AuditReport"},
             "Path": "crossed",
         }
     }
