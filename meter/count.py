@@ -196,27 +196,14 @@ class FlopsCount(Totals):
         }
 
 
-class CostModel:
-    """FLOPs rates of one (model, training setup): build once, count many batches (the count is linear)."""
+class RatedCount:
+    """``count()`` from regulatory and executed Rates: shared by the analytic CostModel and the measured fallback
+    (meter.measure), so both count batches, heads and forward-only passes the same way."""
 
-    def __init__(self, spec: ModelSpec, setup: TrainingSetup | None = None, *, trainable: Iterable[str] | None = None):
-        """``trainable``: the exact trainable parameter names (as in the graph), when read off a live model;
-        otherwise they follow from the setup."""
-        self.spec = spec
-        self.setup = setup or TrainingSetup()
-        self.graph = apply_lora(build_graph(spec), self.setup) if self.setup.uses_lora else build_graph(spec)
-        if trainable is not None:
-            self.trainable = frozenset(trainable) & self.graph.parameters.keys()
-        else:
-            is_trainable = _trainable_predicate(self.graph, self.setup)
-            self.trainable = frozenset(name for name in self.graph.parameters if is_trainable(name))
-        self.regulatory = _rates(self.graph, self.trainable, self.setup, executed=False)
-        self.executed = _rates(self.graph, self.trainable, self.setup, executed=True)
-
-    @property
-    def windows(self) -> frozenset[int]:
-        """Sliding windows whose pair counts TokenStats must carry (TokenStats.from_lengths(..., windows=...))."""
-        return frozenset(w for w in self.spec.windows if w is not None)
+    regulatory: Rates
+    executed: Rates
+    setup: TrainingSetup
+    label: str
 
     @property
     def head_flops(self) -> int:
@@ -243,7 +230,31 @@ class CostModel:
             executed += PassFlops(recompute=self.head_flops * stats.head_recompute_tokens)
         else:
             regulatory, executed = regulatory.forward_only, executed.forward_only
-        return FlopsCount(regulatory, executed, stats.tokens, self.spec.name or self.spec.model_type, self.setup.method)
+        return FlopsCount(regulatory, executed, stats.tokens, self.label, self.setup.method)
+
+
+class CostModel(RatedCount):
+    """FLOPs rates of one (model, training setup): build once, count many batches (the count is linear)."""
+
+    def __init__(self, spec: ModelSpec, setup: TrainingSetup | None = None, *, trainable: Iterable[str] | None = None):
+        """``trainable``: the exact trainable parameter names (as in the graph), when read off a live model;
+        otherwise they follow from the setup."""
+        self.spec = spec
+        self.setup = setup or TrainingSetup()
+        self.graph = apply_lora(build_graph(spec), self.setup) if self.setup.uses_lora else build_graph(spec)
+        if trainable is not None:
+            self.trainable = frozenset(trainable) & self.graph.parameters.keys()
+        else:
+            is_trainable = _trainable_predicate(self.graph, self.setup)
+            self.trainable = frozenset(name for name in self.graph.parameters if is_trainable(name))
+        self.regulatory = _rates(self.graph, self.trainable, self.setup, executed=False)
+        self.executed = _rates(self.graph, self.trainable, self.setup, executed=True)
+        self.label = spec.name or spec.model_type
+
+    @property
+    def windows(self) -> frozenset[int]:
+        """Sliding windows whose pair counts TokenStats must carry (TokenStats.from_lengths(..., windows=...))."""
+        return frozenset(w for w in self.spec.windows if w is not None)
 
     def trainable_parameters(self) -> int:
         return sum(self.graph.parameters[name] for name in self.trainable)

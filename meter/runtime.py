@@ -203,13 +203,13 @@ class FlopsMeter:
 
         observed = observe_model(model)
         name = str(observed.config.get("_name_or_path") or observed.config.get("model_type"))
-        spec = spec_from_config(observed.config, name=name)
-        self.cost = CostModel(spec, observed.setup, trainable=observed.trainable)
+        self.cost = self._cost_model(observed, name, model)
+        spec = getattr(self.cost, "spec", None)
         # the policy's streams: training steps (forward + backward), forward-only passes with its adapters on
         self.streams = [Stream("policy/training", "training", self.cost, backward=True)]
         self.streams += [Stream(f"policy/{p}", p, self.cost) for p in ("generation", "policy_forward", "evaluation")]
         if observed.adapter is not None:  # reference passes with the adapters disabled run the bare base model
-            bare = CostModel(spec, TrainingSetup(attn_implementation=observed.setup.attn_implementation))
+            bare = self._cost_model(observed, name, model, bare=True)
             self.streams.append(Stream("policy/reference_forward", "reference_forward", bare))
         self._policy_index = {s.part: i for i, s in enumerate(self.streams)}
         engine_trainable = self.cost.trainable_parameters()
@@ -219,17 +219,21 @@ class FlopsMeter:
                 "(sharded or packed parameters report less; the engine reads the config)"
             )
         self.notes.extend(observed.notes)
+        config = observed.config
         self.model_info = {
             "name": name,
-            "model_type": spec.model_type,
-            "parameters": spec.parameter_count(),
+            "model_type": config.get("model_type"),
+            "parameters": spec.parameter_count() if spec is not None else self.cost.parameters,
             "trainable_parameters": engine_trainable,
             "trainable_parameters_reported": observed.trainable_numel,
             "quantized": observed.quantized,
-            "layers": spec.num_layers,
-            "hidden_size": spec.hidden_size,
-            "vocab_size": spec.vocab_size,
-            "moe": None if spec.moe is None else {"experts": spec.moe.num_experts, "top_k": spec.moe.top_k},
+            "layers": spec.num_layers if spec is not None else config.get("num_hidden_layers"),
+            "hidden_size": spec.hidden_size if spec is not None else config.get("hidden_size"),
+            "vocab_size": spec.vocab_size if spec is not None else config.get("vocab_size"),
+            "moe": None
+            if spec is None or spec.moe is None
+            else {"experts": spec.moe.num_experts, "top_k": spec.moe.top_k},
+            "counted_by": "analytic engine" if spec is not None else "measured on the meta device (generic path)",
         }
         if self.precision is None:
             self.precision = _precision_of(model)
@@ -243,6 +247,25 @@ class FlopsMeter:
             self._probe = AdapterProbe(unwrap(model), observed.adapter)
             self._install_hooks(model, self._policy_stream)
         return self
+
+    def _cost_model(self, observed, name: str, model: Any, *, bare: bool = False):
+        """The analytic engine for the families it knows; otherwise the generic path (meter.measure), said once."""
+        setup = TrainingSetup(attn_implementation=observed.setup.attn_implementation) if bare else observed.setup
+        try:
+            spec = spec_from_config(observed.config, name=name)
+        except MeterError as e:
+            if "unknown model_type" not in str(e):
+                raise
+            from meter.measure import MeasuredCostModel
+
+            cost = MeasuredCostModel(observed.config, setup, name=name, model=model, bare=bare)
+            self._note_once(
+                f"model_type '{observed.config.get('model_type')}' is outside the analytic engine: its rates were "
+                "measured with FlopCounterMode on a meta-device copy prepared as it trains (exact for dense models; "
+                "sliding windows not credited, executed attention counted as eager)"
+            )
+            return cost
+        return CostModel(spec, setup, trainable=None if bare else observed.trainable)
 
     def watch(self, model: Any, role: str) -> FlopsMeter:
         """Count the forward passes of a separate model of the run: ``role`` "reference" or "reward".
@@ -258,13 +281,14 @@ class FlopsMeter:
             raise MeterError("FlopsMeter.watch after attach(model) and before start()")
         observed = observe_model(model)
         name = str(observed.config.get("_name_or_path") or observed.config.get("model_type"))
-        cost = CostModel(spec_from_config(observed.config, name=name), observed.setup, trainable=observed.trainable)
+        cost = self._cost_model(observed, name, model)
         label = f"{role}{len([w for w in self.watched if w['role'] == role]) or ''}"
         index = len(self.streams)
         self.streams += [Stream(f"{label}/{ROLES[role]}", ROLES[role], cost), Stream(f"{label}/evaluation",
                          "evaluation", cost)]  # fmt: skip
-        self.watched.append({"role": role, "name": name, "model_type": cost.spec.model_type,
-                             "parameters": cost.spec.parameter_count(), "stream": label})  # fmt: skip
+        parameters = cost.spec.parameter_count() if isinstance(cost, CostModel) else cost.parameters
+        self.watched.append({"role": role, "name": name, "model_type": observed.config.get("model_type"),
+                             "parameters": parameters, "stream": label})  # fmt: skip
         if self.use_hook:
             self._install_hooks(model, lambda module, batch: index + (0 if self._policy_training() else 1))
         return self

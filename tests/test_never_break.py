@@ -82,20 +82,21 @@ def test_damaged_checkpoint_state_never_breaks_the_resumed_run(tmp_path) -> None
     assert any("compute before step 4 is not counted" in r for r in resumed["flops"]["degraded"])
 
 
-def test_an_unknown_architecture_trains_and_is_recorded_as_not_counted(tmp_path, capsys) -> None:
-    """The meter cannot read the model: training runs to the end, the record says so, classify refuses it."""
+def test_a_model_that_cannot_be_counted_trains_and_is_recorded_as_not_counted(tmp_path, capsys) -> None:
+    """A mixture-of-experts family outside the analytic engine (the generic path refuses MoE rather than guess):
+    training runs to the end, the record says why nothing was counted, classify refuses it in one line."""
     import torch
-    from transformers import Olmo2Config, Olmo2ForCausalLM
+    from transformers import OlmoeConfig, OlmoeForCausalLM
 
     torch.manual_seed(0)
-    model = Olmo2ForCausalLM(Olmo2Config(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=128))  # fmt: skip
+    model = OlmoeForCausalLM(OlmoeConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, num_experts=4, num_experts_per_tok=2))  # fmt: skip
     record_path = tmp_path / "m.json"
     trainer = run(model, sequences(8), tmp_path / "out", [FlopsMeterCallback(output_path=str(record_path))],
                   max_steps=2)  # fmt: skip
     assert trainer.state.global_step == 2
     record = read_record(record_path)
-    assert record["status"] == "not_counted" and "olmo2" in record["reason"]
+    assert record["status"] == "not_counted" and "mixture-of-experts" in record["reason"]
     assert record["flops"]["regulatory"] is None
     assert "the run is NOT counted" in capsys.readouterr().out
     assert main(["classify", str(record_path), "--out", str(tmp_path / "c.json"), "--pretrain-flops", "1e23"]) == 2
