@@ -62,13 +62,13 @@ class TokenCounter:
             return
         # A handful of small kernels per pass and no sync: on a launch-bound GPU step each one is host time.
         # Σ(2p+1) = 2·Σq − tokens and the window pairs are Σ min(q, w), with q = p + 1 on real tokens, 0 elsewhere.
-        host = self._host[stream]
+        scored_host = recomputed_host = 0  # applied only once the device work is queued: no half-counted pass
         with torch.no_grad():
             tokens = torch.count_nonzero(q)
             columns = [tokens, q.sum(), (q == 1).sum(), *[q.clamp(max=w).sum() for w in self.windows]]
             scored = _head_positions(batch, q, rows, length)
             if scored is None:  # the head scores every position
-                host[3] += rows * length
+                scored_host = rows * length
             else:
                 real, shape_known = scored
                 columns.append(real - tokens)
@@ -76,19 +76,23 @@ class TokenCounter:
                 if shape_known is None:  # compact: as many scored (and recomputed) as real
                     columns += [real, real] if recomputed else [real]
                 else:
-                    host[3] += shape_known
-                    host[4] += shape_known if recomputed else 0
+                    scored_host = shape_known
+                    recomputed_host = shape_known if recomputed else 0
             if self._acc is None:
-                device = q.device
-                self._acc = torch.zeros(self.streams, self._width, dtype=torch.int64, device=device)
-                self._peak = torch.zeros(self.streams, dtype=torch.int64, device=device)
-            row = torch.stack(columns)  # the head columns, when present, follow the window pairs
+                self._acc = torch.zeros(self.streams, self._width, dtype=torch.int64, device=q.device)
+                self._peak = torch.zeros(self.streams, dtype=torch.int64, device=q.device)
+            row, longest = torch.stack(columns), q.amax()  # the head columns, when present, follow the windows
+            if row.device != self._acc.device:  # a separate model on another device
+                row, longest = row.to(self._acc.device), longest.to(self._acc.device)
             self._acc[stream, : row.numel()].add_(row)
             peak = self._peak[stream : stream + 1]
-            torch.maximum(peak, q.amax(), out=peak)
+            torch.maximum(peak, longest, out=peak)
+        host = self._host[stream]
         host[0] += rows * length
         host[1] += rows * length * keys
         host[2] += 1
+        host[3] += scored_host
+        host[4] += recomputed_host
 
     @property
     def pending(self) -> bool:
