@@ -142,9 +142,16 @@ class _Fields:
             )
 
 
+# families whose transformers config has a use_sliding_window flag that defaults to False: a sliding_window value
+# without the flag is not applied (transformers runs full attention)
+_WINDOW_FLAG_DEFAULT_OFF = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+
+
 def _windows(f: _Fields, n_layers: int, default_pattern: Callable[[int], bool] | None = None) -> tuple:
     """Per-layer sliding windows from ``layer_types`` (transformers >= 4.53) or the older flags."""
     window = f.cfg.get("sliding_window")
+    if f.model_type in _WINDOW_FLAG_DEFAULT_OFF and not f.cfg.get("use_sliding_window"):
+        window = None  # transformers: sliding_window = sliding_window if use_sliding_window else None
     layer_types = f.cfg.get("layer_types")
     if layer_types:
         if len(layer_types) != n_layers:

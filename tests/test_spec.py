@@ -111,3 +111,29 @@ def test_bad_files(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(MeterError, match="not valid JSON"):
         spec_from_config(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [
+        ("qwen2", {"sliding_window": 16}),  # no use_sliding_window: transformers runs full attention
+        ("qwen2", {"sliding_window": 16, "use_sliding_window": True, "max_window_layers": 2}),
+        ("qwen3", {"sliding_window": 16}),
+        ("qwen3", {"sliding_window": 16, "use_sliding_window": True, "max_window_layers": 1}),
+        ("mistral", {"sliding_window": 16}),
+        ("gemma2", {"sliding_window": 16}),
+    ],
+)
+def test_sliding_windows_are_the_ones_transformers_runs(model_type, extra) -> None:
+    """Truth: the config transformers itself builds from the same keys (its layer_types after post-init)."""
+    from transformers import AutoConfig
+
+    from meter.reference import TINY_CONFIGS
+
+    raw = {k: v for k, v in TINY_CONFIGS[model_type].items() if k != "sliding_window"}
+    raw.update(extra)
+    hf = AutoConfig.for_model(**raw).to_dict()
+    window = hf.get("sliding_window")
+    types = hf.get("layer_types") or ["sliding_attention"] * hf["num_hidden_layers"]  # Mistral: every layer
+    runs = [window if t == "sliding_attention" else None for t in types]
+    assert list(spec_from_config(raw).windows) == runs
