@@ -19,7 +19,7 @@ policy is in eval mode (``Trainer.evaluate`` of a DPO run computes reference log
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meter.count import CostModel, FlopsCount, PassFlops, Totals
@@ -41,6 +41,7 @@ class RunCount(Totals):
 
     parts: dict[str, FlopsCount]
     scope: str
+    statistics: dict[str, TokenStats] = field(default_factory=dict)  # the token statistics of each part
 
     @property
     def regulatory(self) -> PassFlops:
@@ -60,14 +61,18 @@ class RunCount(Totals):
 def count_streams(streams: Sequence[Stream], stats: Sequence[TokenStats], scope: str) -> RunCount:
     """Count each stream with its cost model; sum streams of the same part."""
     parts: dict[str, FlopsCount] = {}
+    statistics: dict[str, TokenStats] = {}
     for stream, s in zip(streams, stats, strict=True):
         if s.passes == 0 and stream.part != "training":
             continue
         c = stream.cost.count(s, backward=stream.backward)
         prev = parts.get(stream.part)
         parts[stream.part] = c if prev is None else _add(prev, c)
+        statistics[stream.part] = statistics[stream.part] + s if stream.part in statistics else s
     parts.setdefault("training", streams[0].cost.count(TokenStats()))
-    return RunCount(dict(sorted(parts.items(), key=lambda kv: PARTS.index(kv[0]))), scope)
+    statistics.setdefault("training", TokenStats())
+    order = sorted(parts, key=PARTS.index)
+    return RunCount({p: parts[p] for p in order}, scope, {p: statistics[p] for p in order})
 
 
 def _add(a: FlopsCount, b: FlopsCount) -> FlopsCount:

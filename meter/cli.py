@@ -167,25 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lineage_store(uri: str | None):
-    """The audit store holding the lineage's earlier runs: --store, else $FLOPS_METER_STORE, else the default local
-    store. A local store that does not exist yet holds no runs (and is not created by reading it)."""
-    import os
-    from urllib.parse import urlparse
-
-    from meter.stores import open_store
-
-    uri = uri or os.environ.get("FLOPS_METER_STORE") or _default_store()
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        from pathlib import Path
-
-        path = Path((parsed.netloc + parsed.path) if parsed.scheme == "file" else uri)
-        if not (path / "ledger.sqlite").is_file():
-            return None
-    return open_store(uri)
-
-
 def _default_store() -> str:
     from meter.stores import DEFAULT_STORE
 
@@ -577,8 +558,9 @@ def _verdict(args, run: dict[str, Any], store=None):
 def cmd_classify(args) -> int:
     run = _read_json(args.run, "run record")
     from meter.governance import compliance_document
+    from meter.stores import open_store
 
-    store = _lineage_store(args.store)
+    store = open_store(args.store, create=False)  # a local store not there yet holds no earlier runs
     base, lineage, verdict = _verdict(args, run, store)
     doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
     from pathlib import Path

@@ -6,3 +6,7 @@ class MeterError(ValueError):
 
     The CLI prints it and exits non-zero without a traceback; library callers can catch it.
     """
+
+
+class UnknownArchitecture(MeterError):
+    """The analytic engine has no reader for this model_type (the runtime then measures it: meter.measure)."""

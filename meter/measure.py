@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -75,7 +76,7 @@ class MeasuredCostModel(RatedCount):
                 per_pass=_with_recompute(forced.per_pass, recomputing.per_pass),
                 per_head=forced.per_head,
             )
-        self.setup = TrainingSetup(**{**self.setup.__dict__, "attn_implementation": "eager"})
+        self.setup = replace(self.setup, attn_implementation="eager")  # what the executed count assumes
 
     def trainable_parameters(self) -> int:
         return self.trainable

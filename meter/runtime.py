@@ -30,7 +30,7 @@ from typing import Any
 from meter.attribution import AdapterProbe, RunCount, Stream, cache_length, count_streams, policy_part
 from meter.count import CostModel, TrainingSetup, target_names
 from meter.counter import TokenCounter
-from meter.errors import MeterError
+from meter.errors import MeterError, UnknownArchitecture
 from meter.parts import DEFAULT_SCOPE, PARTS, ROLES, check_scope, policy
 from meter.spec import spec_from_config
 from meter.thresholds import NOT_LEGAL_ADVICE, check_flops, threshold_for, two_significant
@@ -253,9 +253,7 @@ class FlopsMeter:
         setup = TrainingSetup(attn_implementation=observed.setup.attn_implementation) if bare else observed.setup
         try:
             spec = spec_from_config(observed.config, name=name)
-        except MeterError as e:
-            if "unknown model_type" not in str(e):
-                raise
+        except UnknownArchitecture:
             from meter.measure import MeasuredCostModel
 
             cost = MeasuredCostModel(observed.config, setup, name=name, model=model, bare=bare)
@@ -832,16 +830,13 @@ class FlopsMeter:
 
     def _parts_record(self, count: RunCount) -> dict[str, Any]:
         """Each part of the run that saw passes: tokens, both counts, whether the regulatory count includes it."""
-        stats: dict[str, TokenStats] = {}
-        for stream, st in zip(self.streams, self.stream_stats, strict=False):
-            stats[stream.part] = stats[stream.part] + st if stream.part in stats else st
-        rules = policy(self.regulatory_scope)
+        rules, stats = policy(self.regulatory_scope), count.statistics
         return {
             part: {
                 **rules[part],
-                "tokens": stats[part].tokens if part in stats else 0,
-                "passes": stats[part].passes if part in stats else 0,
-                "statistics": stats[part].to_dict() if part in stats else None,
+                "tokens": stats[part].tokens,
+                "passes": stats[part].passes,
+                "statistics": stats[part].to_dict(),
                 "regulatory_flops": c.regulatory_flops,
                 "executed_flops": c.executed_flops,
                 "regulatory": c.regulatory.__dict__,

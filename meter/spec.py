@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from meter.errors import MeterError
+from meter.errors import MeterError, UnknownArchitecture
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
         raise MeterError('config has no model_type: add it to config.json (e.g. "model_type": "llama")')
     reader = _READERS.get(model_type)
     if reader is None:
-        raise MeterError(
+        raise UnknownArchitecture(
             f"unknown model_type '{model_type}': supported are {', '.join(SUPPORTED_MODEL_TYPES)}; "
             "for another architecture use --measure (counts one step with FlopCounterMode on the meta device)"
         )

@@ -95,13 +95,16 @@ def _parse_document(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
-def open_store(uri: str | None = None) -> AuditStore:
-    """file://DIR (or a plain directory path) or s3://BUCKET/PREFIX?table=NAME."""
+def open_store(uri: str | None = None, *, create: bool = True) -> AuditStore | None:
+    """file://DIR (or a plain directory path) or s3://BUCKET/PREFIX?table=NAME; default $FLOPS_METER_STORE, else
+    the local default. ``create=False``: None for a local store that does not exist yet (reading creates nothing)."""
     uri = uri or os.environ.get("FLOPS_METER_STORE") or DEFAULT_STORE
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        path = (parsed.netloc + parsed.path) if parsed.scheme == "file" else uri
-        return FileStore(Path(path or "."))
+        path = Path(((parsed.netloc + parsed.path) if parsed.scheme == "file" else uri) or ".")
+        if not create and not (path / "ledger.sqlite").is_file():
+            return None
+        return FileStore(path)
     if parsed.scheme == "s3":
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if not parsed.netloc or "table" not in query:

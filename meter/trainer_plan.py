@@ -19,7 +19,7 @@ separate reference model of the same architecture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meter.attribution import RunCount, Stream, count_streams
 from meter.count import CostModel
@@ -70,7 +70,7 @@ def plan_parts(
         scored = {"head_tokens": n * head, "padded_head_tokens": n * head}
         if trained:
             scored["head_recompute_tokens"] = n * head
-        return TokenStats(**{**_fields(stats), **scored}).scaled(epochs)
+        return replace(stats, **scored).scaled(epochs)
 
     parts: list[tuple[Stream, TokenStats]] = []
     if plan.trainer == "sft":
@@ -102,7 +102,3 @@ def plan_parts(
     streams, stats = zip(*parts, strict=True)
     training = next(s for st, s in parts if st.part == "training")
     return count_streams(list(streams), list(stats), scope), training
-
-
-def _fields(stats: TokenStats) -> dict:
-    return {k: getattr(stats, k) for k in stats.__dataclass_fields__}
