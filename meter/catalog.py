@@ -65,7 +65,8 @@ def resolve_model(model: str) -> ResolvedModel:
         if "/" in model or model.endswith(".json"):
             raise MeterError(
                 f"model '{model}' is neither a file nor a bundled config: download its config.json "
-                f"(https://huggingface.co/{model}/blob/main/config.json) and pass the path to --model"
+                f"(https://huggingface.co/{model}/resolve/main/config.json; gated models need a token: "
+                'curl -LH "Authorization: Bearer $HF_TOKEN") and pass the path to --model'
             )
         raise MeterError(f"unknown model '{model}': give a config.json path or a Hugging Face id (flops-meter models)")
     cfg = json.loads(index[key].read_text())

@@ -321,6 +321,7 @@ def _targets(text: str | None):
 def plan(args) -> Plan:
     from meter.catalog import resolve_model
     from meter.count import CostModel, TrainingSetup, default_lora_targets
+    from meter.errors import UnknownArchitecture
     from meter.original import resolve_original
     from meter.spec import spec_from_config
     from meter.thresholds import threshold_for
@@ -336,13 +337,24 @@ def plan(args) -> Plan:
         trainable=tuple(args.trainable),
         **common,
     )
+    spec, measured_note = None, ""
+    if not args.measure:
+        try:
+            spec = spec_from_config(resolved.config, name=resolved.name)
+        except UnknownArchitecture:
+            if args.trainer != "sft":
+                raise
+            args.measure = True
+            measured_note = (
+                f"model_type '{resolved.config.get('model_type')}' is outside the analytic engine: measured with "
+                "FlopCounterMode on a meta-device copy (sliding windows credited, chunked attention as causal)"
+            )
     if args.measure:
         from meter.measure import MeasuredCostModel
 
         models = {"measured": (setup, MeasuredCostModel(resolved.config, setup, name=resolved.name))}
-        spec, selected = None, "measured"
+        selected = "measured"
     else:
-        spec = spec_from_config(resolved.config, name=resolved.name)
         targets = setup.lora_targets or default_lora_targets(spec.model_type)  # reports name the modules
         if setup.uses_lora:
             setup = replace(setup, lora_targets=targets)
@@ -371,7 +383,8 @@ def plan(args) -> Plan:
 
     original = resolve_original(resolved.name, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
     threshold = threshold_for(original.flops, original_systemic_risk=original.is_systemic_risk)
-    return Plan(resolved.name, resolved.note, spec, setup, counts, selected, stats, threshold, original,
+    note = "; ".join(n for n in (resolved.note, measured_note) if n)
+    return Plan(resolved.name, note, spec, setup, counts, selected, stats, threshold, original,
                 trainer.trainer, args.regulatory_scope)  # fmt: skip
 
 

@@ -4,32 +4,37 @@ A copy of the model is built from its config on ``torch.device("meta")`` (no mem
 attention, prepared as the live model trains (the same PEFT adapters, the same frozen parameters, the same gradient
 checkpointing), and training steps are run under ``torch.utils.flop_counter.FlopCounterMode`` at three sequence
 lengths. Forward and backward FLOPs are fitted exactly as ``c + a·s + b·s²`` (c per pass, a per token, b per
-query–key pair of eager attention), and the output head is measured apart with ``logits_to_keep=1``. The rates then
-count batches exactly as the analytic engine's do (meter.count.RatedCount): padding, packing, heads scored on fewer
-positions, forward-only passes.
+query–key pair of eager attention), per decoder layer, and the output head is measured apart with
+``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do (meter.count.RatedCount):
+padding, packing, heads scored on fewer positions, forward-only passes.
 
-Stated limits, rather than guesses:
-- regulatory attention is credited as causal (s(s+1)/2 pairs); sliding windows are not credited (conservative);
-- executed attention is counted as eager runs it (L² per row), also when the live model runs SDPA or flash;
-- mixture-of-experts models are refused: FlopCounterMode counts 0 for grouped-mm experts, and eager experts
-  route data-dependently, which the meta device cannot run. The analytic engine covers Mixtral, Qwen2-MoE and
-  Qwen3-MoE.
+- Sliding windows: a layer whose config ``layer_types`` entry is ``sliding_attention`` has its pairs credited within
+  ``sliding_window`` in the regulatory count (Gemma 3, gpt-oss, Cohere 2 …); executed attention is counted as eager
+  runs it (L² per row), also when the live model runs SDPA or flash. Chunked attention (Llama 4) is credited as
+  causal: more than it computes, never less.
+- Mixture of experts: transformers' experts modules dispatch through ``experts_implementation``; the copy uses
+  ``batched_mm``, which runs each token's top-k experts as batched matmuls FlopCounterMode sees, with shapes that
+  do not depend on routing (so it runs on meta). That is the routed compute eager experts run, exactly. An experts
+  module that runs every expert on every token (Llama 4's ``Llama4TextExperts``) is counted as it runs in the
+  executed count and scaled to the routed top-k in the regulatory count. Any other experts module is refused with
+  a reason rather than guessed.
 
 Needs torch and transformers (and peft for a PEFT model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
 from meter.count import PassFlops, RatedCount, Rates, TrainingSetup
 from meter.errors import MeterError
 
-_LENGTHS = (32, 64, 128)
+_LENGTHS = (64, 128, 256)
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -52,24 +57,22 @@ class MeasuredCostModel(RatedCount):
         passes with adapters disabled)."""
         self.setup = setup or TrainingSetup()
         self.name = self.label = name or str(config.get("_name_or_path") or config.get("model_type"))
-        _refuse_moe(config)
         if model is None and (self.setup.method != "full" or self.setup.gradient_checkpointing):
-            raise MeterError(
-                "--measure counts full fine-tuning without gradient checkpointing from a config alone: drop "
-                "--method/--gradient-checkpointing (the training-time meter measures any setup on the live model)"
-            )
+            model = model_for_setup(config, self.setup)  # a meta-device model prepared as the setup says
         meta = _meta_copy(config, model, bare=bare)
+        shape = _shape(meta)
+        self.windows = frozenset(w for _, w in shape.layers if w is not None)
         self.parameters = _base_parameters(meta)
         self.trainable = sum(p.numel() for p in meta.parameters() if p.requires_grad)
         # regulatory: gradients only where a trainable parameter needs them, no recomputation
-        self.regulatory = _rates(meta, checkpointing=False)
-        self.executed = self.regulatory
+        self.executed, self.regulatory = _measured(_rates, meta, shape, checkpointing=False)
         if model is not None and not bare and self.setup.gradient_checkpointing:
             # executed: what transformers runs with checkpointing on: activation gradients forced into frozen
             # layers (enable_input_require_grads) and the recomputed forward, which shows up as backward work
-            forced = _rates(meta, checkpointing=False, input_grads=_feeds_grad_into_embeddings(model))
-            recomputing = _rates(meta, checkpointing=True, reentrant=self.setup.reentrant_checkpointing,
-                                 input_grads=_feeds_grad_into_embeddings(model))  # fmt: skip
+            grads = _feeds_grad_into_embeddings(model)
+            forced, _ = _measured(_rates, meta, shape, checkpointing=False, input_grads=grads)
+            recomputing, _ = _measured(_rates, meta, shape, checkpointing=True, input_grads=grads,
+                                       reentrant=self.setup.reentrant_checkpointing)  # fmt: skip
             self.executed = Rates(
                 per_token=_with_recompute(forced.per_token, recomputing.per_token),
                 per_pair={None: _with_recompute(forced.per_pair[None], recomputing.per_pair[None])},
@@ -86,13 +89,16 @@ def _with_recompute(plain: PassFlops, recomputing: PassFlops) -> PassFlops:
     return PassFlops(plain.forward, plain.backward, max(recomputing.backward - plain.backward, 0))
 
 
-def _refuse_moe(config: dict[str, Any]) -> None:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    if any((text.get(k) or 0) > 1 for k in _MOE_KEYS):
-        raise MeterError(
-            f"model_type '{config.get('model_type')}' is a mixture-of-experts model outside the analytic engine: its "
-            "experts cannot be measured exactly on the meta device (FlopCounterMode counts 0 for grouped-mm experts)"
-        )
+def _measured(rates, *args, **kwargs):
+    """A measurement whose failure is a MeterError naming the reason (the runtime then records it not counted)."""
+    try:
+        return rates(*args, **kwargs)
+    except MeterError:
+        raise
+    except Exception as e:  # an op the meta device cannot run: data-dependent shapes, .item(), …
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        what = f"{type(e).__name__}: {reason}"
+        raise MeterError(f"this architecture cannot be measured on the meta device ({what})") from e
 
 
 def model_from_config(config: dict[str, Any], **from_config: Any):
@@ -113,6 +119,42 @@ def model_from_config(config: dict[str, Any], **from_config: Any):
     return AutoModelForCausalLM.from_config(hf_config, **from_config)
 
 
+def model_for_setup(config: dict[str, Any], setup: TrainingSetup):
+    """A meta-device model from a config, prepared as a Trainer would for ``setup`` (a config-only estimate):
+    PEFT LoRA/DoRA adapters on the setup's targets, frozen parameters for ``freeze``, and with checkpointing the
+    input-gradient hook transformers adds when the embeddings are frozen."""
+    import torch
+
+    if setup.method == "qlora":
+        raise MeterError("the measured path counts qlora as lora on full-precision weights: use --method lora")
+    with torch.device("meta"):
+        model = model_from_config(config, attn_implementation="eager", **_experts(config))
+    if setup.uses_lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise MeterError("measuring a LoRA setup needs peft: pip install 'flops-meter[hf]'") from None
+        targets = setup.lora_targets or "all-linear"
+        targets = targets if isinstance(targets, str) else list(targets)
+        lora = LoraConfig(r=setup.lora_r, target_modules=targets, use_dora=setup.dora)
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise MeterError(f"--lora-targets: {str(e).splitlines()[0]}") from None
+    elif setup.method == "freeze":
+        pattern = re.compile("|".join(f"(?:{p})" for p in setup.trainable))
+        matched = 0
+        for name, p in model.named_parameters():
+            p.requires_grad_(bool(pattern.search(name)))
+            matched += p.requires_grad
+        if not matched:
+            example = next((n for n, _ in model.named_parameters() if ".0." in n), "")
+            raise MeterError(f"--trainable {pattern.pattern!r} matches no parameter (names look like {example})")
+    if setup.gradient_checkpointing and setup.method != "full":
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).enable_input_require_grads()
+    return model
+
+
 def _meta_copy(config: dict[str, Any], live: Any, *, bare: bool):
     """The model on the meta device, prepared as ``live`` trains (or plain, for a config alone)."""
     try:
@@ -121,14 +163,16 @@ def _meta_copy(config: dict[str, Any], live: Any, *, bare: bool):
         raise MeterError("the measured path needs torch and transformers: pip install 'flops-meter[hf]'") from None
     if live is None:
         with torch.device("meta"):
-            model = model_from_config(config, attn_implementation="eager")
+            model = model_from_config(config, attn_implementation="eager", **_experts(config))
         return model.train()
     from meter.introspect import unwrap
 
     top = unwrap(live)
     base = top.get_base_model() if hasattr(top, "get_base_model") else top
     with torch.device("meta"):
-        model = type(base)._from_config(copy.deepcopy(base.config), attn_implementation="eager")
+        model = type(base)._from_config(
+            copy.deepcopy(base.config), attn_implementation="eager", **_experts(base.config)
+        )
     adapter = getattr(top, "active_adapter", None) if hasattr(top, "peft_config") else None
     if adapter is not None and not bare:
         from peft import get_peft_model
@@ -158,18 +202,44 @@ def _feeds_grad_into_embeddings(live) -> bool:
     return getattr(base, "_require_grads_hook", None) is not None
 
 
-def _rates(model, *, checkpointing: bool, reentrant: bool = False, input_grads: bool = False) -> Rates:
-    """Per pass, per token, per pair and per head-position rates, fitted exactly from three lengths."""
+@dataclass(frozen=True)
+class _Shape:
+    """Where to read a step's FLOPs: the decoder layers' module names (with each layer's sliding window), and the
+    experts modules that run every expert on every token (with the fraction a token routes to)."""
+
+    layers: tuple[tuple[str, int | None], ...] = ()
+    dense_experts: tuple[tuple[str, Fraction], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One measured training step: totals, and the named modules' FLOPs, each as (forward, backward)."""
+
+    total: tuple[int, int]
+    modules: dict[str, tuple[int, int]]
+
+
+def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False, input_grads: bool = False):
+    """Executed and regulatory Rates, fitted exactly from three lengths (per pass, token, pair, head position)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     if checkpointing:
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     if input_grads:
         target.enable_input_require_grads()
+    names = [n for n, _ in shape.layers] + [n for n, _ in shape.dense_experts]
     try:
-        steps = {s: _step(model, s) for s in _LENGTHS}
+        try:
+            masked = True
+            first = _step(model, _LENGTHS[0], names)
+        except RuntimeError as e:
+            if "item()" not in str(e):
+                raise
+            masked = False  # a mask check the meta device cannot run: no mask, and the cache keeps packing checks off
+            first = _step(model, _LENGTHS[0], names, masked=False)
+        steps = {s: first if s == _LENGTHS[0] else _step(model, s, names, masked=masked) for s in _LENGTHS}
         longest = _LENGTHS[-1]
         try:
-            kept = _step(model, longest, keep=1)
+            kept = _step(model, longest, (), keep=1, masked=masked)
         except TypeError:  # a forward without logits_to_keep: the head stays in the per-token rate
             kept = None
     finally:
@@ -177,34 +247,141 @@ def _rates(model, *, checkpointing: bool, reentrant: bool = False, input_grads: 
             target.gradient_checkpointing_disable()
         if input_grads:
             target.disable_input_require_grads()
-    fits = [_fit([(s, steps[s][i]) for s in _LENGTHS]) for i in (0, 1)]  # forward, backward: (c, a, b)
-    head = (0, 0) if kept is None else tuple((steps[longest][i] - kept[i]) // (longest - 1) for i in (0, 1))
-    (c_f, a_f, b_f), (c_b, a_b, b_b) = fits
-    # the head ran on every position in the fits: move it out of the per-token and per-pass rates
-    return Rates(
-        per_token=PassFlops(a_f - head[0], a_b - head[1]),
-        per_pair={None: PassFlops(b_f, b_b)},
-        per_pass=PassFlops(c_f, c_b),
-        per_head=PassFlops(head[0], head[1]),
+
+    def fit(read) -> tuple[PassFlops, PassFlops, PassFlops]:  # (per pass, per token, per pair)
+        f = [_fit([(s, read(steps[s])[i]) for s in _LENGTHS]) for i in (0, 1)]
+        return tuple(PassFlops(f[0][j], f[1][j]) for j in range(3))
+
+    per_pass, per_token, per_pair = fit(lambda st: st.total)
+    head = PassFlops()
+    if kept is not None:  # the head ran on every position in the fits: move it out of the per-token rate
+        head = PassFlops(*((steps[longest].total[i] - kept.total[i]) // (longest - 1) for i in (0, 1)))
+    per_token = PassFlops(per_token.forward - head.forward, per_token.backward - head.backward)
+    executed = Rates(per_token=per_token, per_pair={None: per_pair}, per_pass=per_pass, per_head=head)
+
+    # regulatory: each layer's pairs within its window, and the routed share of experts that run every expert
+    pairs: dict[int | None, PassFlops] = {}
+    windowed = PassFlops()
+    for name, window in shape.layers:
+        if window is not None:
+            _, _, layer_pairs = fit(lambda st, n=name: st.modules.get(n, (0, 0)))
+            pairs[window] = pairs.get(window, PassFlops()) + layer_pairs
+            windowed += layer_pairs
+    if windowed.total:
+        pairs[None] = PassFlops(per_pair.forward - windowed.forward, per_pair.backward - windowed.backward)
+    else:
+        pairs = {None: per_pair}
+    unrouted = [0, 0]
+    for name, routed in shape.dense_experts:
+        _, dense, _ = fit(lambda st, n=name: st.modules.get(n, (0, 0)))
+        for i, flops in enumerate((dense.forward, dense.backward)):
+            share = flops * (1 - routed)
+            if share.denominator != 1:
+                raise MeterError(f"experts module {name} does not run the same work for every expert")
+            unrouted[i] += int(share)
+    regulatory = Rates(
+        per_token=PassFlops(per_token.forward - unrouted[0], per_token.backward - unrouted[1]),
+        per_pair=pairs,
+        per_pass=per_pass,
+        per_head=head,
     )
+    return executed, regulatory
 
 
-def _step(model, s: int, keep: int = 0) -> tuple[int, int]:
+def _step(model, s: int, names, keep: int = 0, masked: bool = True) -> _Step:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     ids = torch.zeros(1, s, dtype=torch.long, device="meta")
     # an explicit mask: without one (and without a cache) transformers inspects position_ids for packing, a
-    # data-dependent check the meta device cannot run
-    mask = torch.ones(1, s, dtype=torch.long, device="meta")
+    # data-dependent check the meta device cannot run. Some models check the mask itself for all-ones (hybrid
+    # linear attention): those run without a mask, and the packing check is answered (see _one_unpacked_row).
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones(1, s, dtype=torch.long, device="meta")} if masked else {}
     counter = FlopCounterMode(display=False)
-    kwargs = {"logits_to_keep": keep} if keep else {}
-    with counter:
-        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
-    forward = counter.get_total_flops()
+    if keep:
+        kwargs["logits_to_keep"] = keep
+    prefix = type(model).__name__ + "."
+    with counter, _one_unpacked_row(masked):
+        logits = model(input_ids=ids, **kwargs).logits
+    forward, by_module = counter.get_total_flops(), _by_module(counter, prefix, names)
     with counter:  # entering the mode again starts its count from zero: this is the backward alone
         logits.float().sum().backward()
-    return forward, counter.get_total_flops()
+    backward = _by_module(counter, prefix, names)
+    modules = {n: (by_module.get(n, 0), backward.get(n, 0)) for n in names}
+    return _Step((forward, counter.get_total_flops()), modules)
+
+
+@contextlib.contextmanager
+def _one_unpacked_row(masked: bool):
+    """Without a mask, transformers looks for packed sequences in position_ids (data-dependent, so not on meta).
+    The measured batch is one unpacked row: the answer is known, "none", and given while the step runs."""
+    if masked:
+        yield
+        return
+    from transformers import masking_utils
+
+    found = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = found
+
+
+def _by_module(counter, prefix: str, names) -> dict[str, int]:
+    counts = counter.get_flop_counts()
+    return {n: sum(counts[prefix + n].values()) for n in names if prefix + n in counts}
+
+
+def _shape(model) -> _Shape:
+    """The decoder layers (with their sliding windows, from the config transformers built) and dense experts."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = getattr(config, "num_hidden_layers", None)
+    layer_types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None)
+    experts = _num_experts(config)
+    layers: tuple[tuple[str, int | None], ...] = ()
+    dense: list[tuple[str, Fraction]] = []
+    for name, module in model.named_modules():
+        children = list(module.children())
+        if not layers and n_layers and type(module).__name__ == "ModuleList" and len(children) == n_layers:
+            windows = [
+                window if i < len(layer_types) and layer_types[i] == "sliding_attention" and window else None
+                for i in range(n_layers)
+            ]
+            layers = tuple((f"{name}.{i}", w) for i, w in enumerate(windows))
+        if experts > 1 and _is_experts(module, experts) and not hasattr(module, "_is_expert_parallel"):
+            if type(module).__name__ not in _DENSE_EXPERTS:
+                raise MeterError(
+                    f"experts module {type(module).__name__} does not dispatch through transformers' "
+                    "experts_implementation: its routed compute cannot be measured on the meta device"
+                )
+            dense.append((name, Fraction(config.num_experts_per_tok, config.num_local_experts)))
+    if not any(w is not None for _, w in layers):
+        layers = ()  # nothing to credit: the totals suffice
+    return _Shape(layers, tuple(dense))
+
+
+# experts modules that run every expert on every token (the router zeroes the unrouted ones' contribution)
+_DENSE_EXPERTS = frozenset({"Llama4TextExperts"})
+
+
+def _is_experts(module, experts: int) -> bool:
+    """A module holding stacked expert weights (a parameter of its own shaped (experts, ·, ·))."""
+    return any(p.dim() == 3 and p.shape[0] == experts for p in module.parameters(recurse=False))
+
+
+def _num_experts(config) -> int:
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    text = get("text_config")
+    if text is not None and not isinstance(text, (int, str)):
+        return _num_experts(text)
+    return max((get(k) or 0) if isinstance(get(k) or 0, int) else 0 for k in _MOE_KEYS)
+
+
+def _experts(config) -> dict[str, str]:
+    """from_config arguments: batched_mm experts for a mixture-of-experts model (see the module docstring)."""
+    return {"experts_implementation": "batched_mm"} if _num_experts(config) > 1 else {}
 
 
 def _fit(points: list[tuple[int, int]]) -> tuple[int, int, int]:

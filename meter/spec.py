@@ -344,13 +344,24 @@ _READERS: dict[str, Callable[[_Fields, str], ModelSpec]] = {
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_READERS))
+_TOWERS = ("vision_config", "audio_config", "speech_config", "video_config")
 
 
 def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
     """Read a :class:`ModelSpec` from a ``PretrainedConfig``, a dict or a ``config.json`` path."""
     cfg = load_config(config)
+    towers = [k for k in _TOWERS if isinstance(cfg.get(k), Mapping)]
+    if towers:  # never unwrap silently: the towers and their tokens are compute of the run
+        raise MeterError(
+            f"model_type '{cfg.get('model_type')}' is a multimodal model ({', '.join(towers)}): the meter counts "
+            "language models only and will not count its text model alone, which would leave out the "
+            f"{towers[0].removesuffix('_config')} tower and its tokens; fine-tune and meter the text model by itself"
+        )
     if cfg.get("model_type") not in _READERS and isinstance(cfg.get("text_config"), Mapping):
-        cfg = dict(cfg["text_config"])  # multimodal wrappers: the language model is what is fine-tuned
+        raise MeterError(
+            f"model_type '{cfg.get('model_type')}' wraps a text_config: give the text model's config "
+            f"(model_type '{cfg['text_config'].get('model_type')}') to count it"
+        )
     model_type = cfg.get("model_type")
     if not model_type:
         raise MeterError('config has no model_type: add it to config.json (e.g. "model_type": "llama")')

@@ -124,10 +124,19 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
     record = output_data_dir() / "flops_meter.json"
-    if trainer.is_world_process_zero() and record.is_file():
-        shutil.copy(record, out / "flops_meter.json")
-        summary = json.loads(record.read_text())
-        print(f"train_with_meter: {summary['flops']['regulatory_2sf']} regulatory; record in {record} and {out}")
+    if not trainer.is_world_process_zero():
+        return 0
+    if not record.is_file():
+        raise MeterError(f"the model was saved to {out}, but the meter wrote no record ({record}): not registered")
+    shutil.copy(record, out / "flops_meter.json")
+    summary = json.loads(record.read_text())
+    if summary.get("status") == "not_counted":
+        # the trained model is kept (nothing lost), but the step fails so that no unmetered model is registered
+        raise MeterError(
+            f"the model was saved to {out}, but its compute was not counted ({summary.get('reason')}): the "
+            "pipeline stops here so that no unmetered model is registered"
+        )
+    print(f"train_with_meter: {summary['flops']['regulatory_2sf']} regulatory; record in {record} and {out}")
     return 0
 
 

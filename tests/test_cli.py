@@ -78,12 +78,16 @@ def test_measure_fallback(capsys, tmp_path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(dict(model_type="starcoder2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, intermediate_size=128, vocab_size=256)))  # fmt: skip
-    code, out, err = run(capsys, "estimate", "--model", str(cfg), "--sequences", "2", "--seq-len", "32", "--json")
-    assert code == 2 and "--measure" in err
+    code, auto, err = run(capsys, "estimate", "--model", str(cfg), "--sequences", "2", "--seq-len", "32", "--json")
+    assert code == 0, err  # outside the engine: measured on the meta device without being asked
     code, out, _ = run(
         capsys, "estimate", "--model", str(cfg), "--sequences", "2", "--seq-len", "32", "--json", "--measure"
     )
     assert code == 0 and json.loads(out)["regulatory_flops"] > 0
+    assert json.loads(auto)["regulatory_flops"] == json.loads(out)["regulatory_flops"]
+    code, _, err = run(capsys, "estimate", "--model", str(cfg), "--trainer", "dpo", "--sequences", "2",
+                       "--prompt-len", "8", "--completion-len", "8")  # fmt: skip
+    assert code == 2 and "unknown model_type 'starcoder2'" in err
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,36 @@ def test_unknown_families_train_and_are_counted_exactly(tmp_path, family, method
     assert any("outside the analytic engine" in n for n in record["notes"])
 
 
+# the named must-haves outside the analytic engine: sinks + alternating windows + MoE (gpt-oss), MLA + shared
+# experts + dense first layer (DeepSeek-V3), dense-kernel MoE + chunked attention (Llama 4), hybrid linear
+# attention + MoE (Qwen3-Next), Mistral 3 (ministral3), Gemma 3 (above)
+MUST_HAVES = ("gpt_oss", "deepseek_v3", "llama4_text", "qwen3_next", "ministral3")
+
+
+@pytest.mark.parametrize("model_type", MUST_HAVES)
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "full-checkpointing"])
+def test_must_have_families_train_and_are_counted_exactly(tmp_path, model_type, checkpointing) -> None:
+    """A tiny Trainer run records the count FlopCounterMode sees (eager attention, eager experts). Rows of 64
+    tokens with no padding: Qwen3-Next's chunked linear attention pads to 64 (meter.measure states it)."""
+    from tests.tiny_families import build
+
+    torch.manual_seed(0)
+    model = build(model_type)
+    truth = PassTruth().policy(model)
+    extra = {"gradient_checkpointing": True} if checkpointing else {}
+    callbacks = [FlopsMeterCallback(output_path=str(tmp_path / "m.json")), During(truth)]
+    run(model, sequences(8, low=64, high=64), tmp_path / "out", callbacks, max_steps=2, **extra)
+    record = read_record(tmp_path / "m.json")
+    assert record["status"] == "completed" and record["model"]["counted_by"].startswith("measured")
+    if model_type == "qwen3_next":
+        # known gap: the gated delta-net's recurrent-state work is per row, the fit (one row) puts it per pass:
+        # the meter is 0.24 % above the truth here with 4 rows a batch (conservative; open in the issue note)
+        assert record["flops"]["executed"] == pytest.approx(truth.parts["training"], rel=3e-3)
+    else:
+        assert record["flops"]["executed"] == truth.parts["training"]
+    assert record["flops"]["regulatory"] < record["flops"]["executed"]
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma", "phi3", "gpt2", "gpt_neox", "falcon"])
 @pytest.mark.parametrize("label", ["full", "lora q,v", "lora all", "freeze half", "grad ckpt"])
 def test_measured_path_agrees_with_the_analytic_engine(family, label) -> None:
@@ -88,8 +118,40 @@ def test_measured_path_agrees_with_the_analytic_engine(family, label) -> None:
         assert m.executed_flops == a.executed_flops, (family, label)
 
 
-def test_mixture_of_experts_outside_the_engine_is_refused_not_guessed() -> None:
-    """FlopCounterMode counts 0 for grouped-mm experts: refused with a reason (the run is then recorded as not
-    counted: tests/test_never_break.py)."""
-    with pytest.raises(MeterError, match="mixture-of-experts"):
-        MeasuredCostModel({"model_type": "olmoe", "num_experts": 4})
+def test_experts_outside_transformers_dispatch_are_refused_not_guessed() -> None:
+    """Experts modules that route with data-dependent shapes and do not dispatch through experts_implementation
+    cannot be measured on meta: refused with a reason (the run is then recorded as not counted:
+    tests/test_never_break.py). Those that dispatch are counted exactly: tests/test_model_families.py."""
+    from tests.tiny_families import tiny_config
+
+    with pytest.raises(MeterError, match="JetMoeParallelExperts does not dispatch"):
+        MeasuredCostModel(tiny_config("jetmoe").to_dict())
+
+
+def test_multimodal_models_are_refused_not_unwrapped() -> None:
+    llava = {"model_type": "llava", "vision_config": {"model_type": "clip_vision_model"},
+             "text_config": {"model_type": "llama", "hidden_size": 64}}  # fmt: skip
+    with pytest.raises(MeterError, match="multimodal model \\(vision_config\\)"):
+        spec_from_config(llava)
+
+
+def test_config_only_measure_counts_lora_and_freeze() -> None:
+    """--measure from a config alone prepares the setup on a meta model: it must count what the live model, set up
+    the same way, counts (and that equals FlopCounterMode: tests/test_model_families.py)."""
+    from peft import LoraConfig, get_peft_model
+
+    from meter.count import TrainingSetup
+    from tests.tiny_families import build, tiny_config
+
+    config = tiny_config("gemma3_text").to_dict()
+    stats = TokenStats.from_lengths([64, 40], padded_to=64, rows=2, windows=[8])
+    lora = TrainingSetup(method="lora", lora_r=4, lora_targets="all-linear")
+    live = get_peft_model(build("gemma3_text").train(), LoraConfig(r=4, target_modules="all-linear"))
+    observed = observe_model(live)
+    by_config = MeasuredCostModel(config, lora).count(stats)
+    by_live = MeasuredCostModel(observed.config, observed.setup, model=live).count(stats)
+    assert (by_config.regulatory_flops, by_config.executed_flops) == (by_live.regulatory_flops, by_live.executed_flops)
+    frozen = MeasuredCostModel(config, TrainingSetup(method="freeze", trainable=(r"layers\.3\.",))).count(stats)
+    assert frozen.regulatory_flops < MeasuredCostModel(config).count(stats).regulatory_flops
+    with pytest.raises(MeterError, match="matches no parameter"):
+        MeasuredCostModel(config, TrainingSetup(method="freeze", trainable=("nothing",)))

@@ -83,20 +83,18 @@ def test_damaged_checkpoint_state_never_breaks_the_resumed_run(tmp_path) -> None
 
 
 def test_a_model_that_cannot_be_counted_trains_and_is_recorded_as_not_counted(tmp_path, capsys) -> None:
-    """A mixture-of-experts family outside the analytic engine (the generic path refuses MoE rather than guess):
-    training runs to the end, the record says why nothing was counted, classify refuses it in one line."""
-    import torch
-    from transformers import OlmoeConfig, OlmoeForCausalLM
+    """A family the generic path cannot measure (JetMoE: experts outside transformers' experts dispatch, refused
+    rather than guessed): training runs to the end, the record says why nothing was counted, classify refuses it
+    in one line."""
+    from tests.tiny_families import build
 
-    torch.manual_seed(0)
-    model = OlmoeForCausalLM(OlmoeConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=64, num_experts=4, num_experts_per_tok=2))  # fmt: skip
+    model = build("jetmoe")
     record_path = tmp_path / "m.json"
     trainer = run(model, sequences(8), tmp_path / "out", [FlopsMeterCallback(output_path=str(record_path))],
                   max_steps=2)  # fmt: skip
     assert trainer.state.global_step == 2
     record = read_record(record_path)
-    assert record["status"] == "not_counted" and "mixture-of-experts" in record["reason"]
+    assert record["status"] == "not_counted" and "JetMoeParallelExperts does not dispatch" in record["reason"]
     assert record["flops"]["regulatory"] is None
     assert "the run is NOT counted" in capsys.readouterr().out
     assert main(["classify", str(record_path), "--out", str(tmp_path / "c.json"), "--pretrain-flops", "1e23"]) == 2

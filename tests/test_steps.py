@@ -114,3 +114,37 @@ def test_a_max_steps_plan_counts_every_process(tmp_path, instance, count, proces
     estimate = json.loads((est / "processing/output/estimate/estimate.json").read_text())
     assert estimate["planned_sequences"] == 3 * 4 * 2 * processes
     assert bool(estimate["notes"]) == (instance == "ml.x99.huge")  # a guess is said
+
+
+def _tiny_unmeasurable_model(directory: Path) -> None:
+    """A model channel the meter cannot count (JetMoE: experts outside transformers' dispatch), with a tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.tiny_families import build
+
+    build("jetmoe").save_pretrained(directory)
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, **{chr(c): c for c in range(33, 127)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
+    tokenizer.save_pretrained(directory)
+
+
+def test_an_uncounted_run_keeps_its_model_and_fails_the_step(tmp_path) -> None:
+    """Training runs (never broken by the meter), the model is saved, and then the step fails with the reason, so
+    the pipeline registers no unmetered model."""
+    train = tmp_path / "train"
+    _tiny_unmeasurable_model(train / "input/data/model")
+    recipe = train / "input/data/recipe/recipe.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(RECIPE.read_text().replace("base_model_id: tiny-llama", "base_model_id: example/tiny-jetmoe")
+                      .replace("attn_implementation: sdpa", "attn_implementation: eager"))  # fmt: skip
+    place(DATA, train / "input/data/train")
+    done = step("train_with_meter", train)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (train / "model/config.json").is_file() and (train / "model/flops_meter.json").is_file()
+    assert "not counted" in done.stderr and "no unmetered model is registered" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "not counted" in (train / "output/failure").read_text()
+    assert json.loads((train / "model/flops_meter.json").read_text())["status"] == "not_counted"
