@@ -39,6 +39,20 @@ def _base_id(model_id: str) -> str:
     return _VARIANT.sub("", model_id)
 
 
+def _base_candidates(model_id: str) -> list[str]:
+    """Where a variant's base may be filed: 'gemma-3-4b-it' -> 'gemma-3-4b', 'gemma-3-4b-pt';
+    'Mistral-Small-24B-Instruct-2501' -> 'Mistral-Small-24B-2501', 'Mistral-Small-24B-Base-2501'."""
+    base = _base_id(model_id)
+    if base == model_id:
+        return []
+    return [base, base + "-pt", re.sub(r"-(instruct|chat|it)(?=-|$)", "-base", model_id, flags=re.IGNORECASE)]
+
+
+def _find(key: str, index) -> str | None:
+    """The key itself, or the first base candidate that is filed."""
+    return next((k for k in (key, *_base_candidates(key)) if k in index), None)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     config: dict[str, Any]
@@ -56,11 +70,11 @@ def resolve_model(model: str) -> ResolvedModel:
         cfg = load_config(path)
         return ResolvedModel(cfg, str(cfg.get("_name_or_path") or model), str(path))
     index = bundled_configs()
-    key = model.lower()
-    note = ""
-    if key not in index and _base_id(key) in index:
-        note = f"{model} uses the architecture of its base {_base_id(model)}"
-        key = _base_id(key)
+    key, note = model.lower(), ""
+    found = _find(key, index)
+    if found is not None and found != key:
+        note = f"{model} uses the architecture of its base {index[found].stem.replace('--', '/')}"
+    key = found or key
     if key not in index:
         if "/" in model or model.endswith(".json"):
             raise MeterError(
@@ -92,8 +106,9 @@ def original_facts(model_id: str) -> tuple[dict[str, Any], str] | None:
     its base; None when the table has no row for it. meter.original turns them into a figure."""
     rows = _pretrain_rows()
     key, note = model_id.lower(), ""
-    if key not in rows and _base_id(key) in rows:
-        key = _base_id(key)
+    found = _find(key, rows)
+    if found is not None and found != key:
+        key = found
         note = (
             f"{model_id} resolved to its base {rows[key]['id']}: the post-training compute of the variant is not "
             "published and is excluded, which lowers the threshold (conservative)"

@@ -259,8 +259,8 @@ class FlopsMeter:
             cost = MeasuredCostModel(observed.config, setup, name=name, model=model, bare=bare)
             self._note_once(
                 f"model_type '{observed.config.get('model_type')}' is outside the analytic engine: its rates were "
-                "measured with FlopCounterMode on a meta-device copy prepared as it trains (exact for dense models; "
-                "sliding windows not credited, executed attention counted as eager)"
+                "measured with FlopCounterMode on a meta-device copy prepared as it trains ("
+                "sliding windows credited, MoE experts as routed, executed attention counted as eager)"
             )
             return cost
         return CostModel(spec, setup, trainable=None if bare else observed.trainable)

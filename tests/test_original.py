@@ -157,3 +157,14 @@ def test_a_forecast_above_1e25_cumulative_requires_notification() -> None:
     v = classify(10**24, LLAMA3_70B, forecast_flops=2.7e24)
     assert v.status == "approaching" and not v.crossed and v.notification_required
     assert any("will be met" in n for n in v.notes)
+
+
+def test_variants_resolve_to_bases_filed_under_another_suffix() -> None:
+    """Instruct ids find bases published as '-pt' or '-Base-': the facts and the architecture of the base."""
+    from meter.catalog import resolve_model
+
+    assert original_facts("google/gemma-3-4b-it")[0]["id"] == "google/gemma-3-4b-pt"
+    small = "mistralai/Mistral-Small-24B-Instruct-2501"
+    assert original_facts(small)[0]["id"] == "mistralai/Mistral-Small-24B-Base-2501"
+    assert "Mistral-Small-24B-Base-2501" in resolve_model(small).note
+    assert original_facts("example/unknown-it") is None
