@@ -34,9 +34,15 @@ def test_fallback_matches_the_engine_on_a_known_family() -> None:
     assert (measured.regulatory_flops, measured.executed_flops) == (analytic.regulatory_flops, analytic.executed_flops)
 
 
-def test_fallback_refuses_what_it_cannot_measure() -> None:
-    with pytest.raises(MeterError, match="full fine-tuning"):
-        MeasuredCostModel(TINY_CONFIGS["llama"], TrainingSetup(method="lora"))
+def test_fallback_from_a_config_counts_lora_as_the_engine_does() -> None:
+    """--measure from a config alone: peft adapters on a meta model, counted as the analytic engine counts them."""
+    setup = TrainingSetup(method="lora", lora_r=4, lora_targets=("q_proj", "v_proj"), attn_implementation="eager")
+    stats = TokenStats.from_lengths([7, 30, 64], padded_to=64, rows=3)
+    measured = MeasuredCostModel(TINY_CONFIGS["llama"], setup).count(stats)
+    analytic = CostModel(spec_from_config(TINY_CONFIGS["llama"]), setup).count(stats)
+    assert (measured.regulatory_flops, measured.executed_flops) == (analytic.regulatory_flops, analytic.executed_flops)
+    with pytest.raises(MeterError, match="qlora as lora"):
+        MeasuredCostModel(TINY_CONFIGS["llama"], TrainingSetup(method="qlora"))
 
 
 def test_invalid_setups() -> None:
