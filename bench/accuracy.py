@@ -135,10 +135,10 @@ def measure_real(model_id: str, seq_len: int, label: str) -> dict:
 # device. Their exactness is proven on tiny models against FlopCounterMode with eager experts
 # (tests/test_model_families.py); here they are set beside the rules of thumb, and the path is timed.
 OUTSIDE = [
-    ("google/gemma-3-27b-pt", 8192),
+    ("google/gemma-3-1b-pt", 8192),
     ("openai/gpt-oss-120b", 8192),
     ("deepseek-ai/DeepSeek-V3", 4096),
-    ("meta-llama/Llama-4-Maverick-17B-128E", 8192),
+    ("meta-llama/Llama-4-Maverick-17B-128E (text model)", 8192),
     ("Qwen/Qwen3-Next-80B-A3B-Instruct", 4096),
 ]
 
@@ -147,7 +147,11 @@ def measure_outside(model_id: str, seq_len: int) -> dict:
     from meter.catalog import original_facts
     from meter.measure import MeasuredCostModel
 
+    text_only = model_id.endswith(" (text model)")
+    model_id = model_id.removesuffix(" (text model)")
     config = resolve_model(model_id).config
+    if text_only:  # the language model of a multimodal checkpoint, as it would be fine-tuned text-only
+        config = {"model_type": f"{config['model_type']}_text", **config["text_config"]}
     t0 = time.perf_counter()
     cost = MeasuredCostModel(config, name=model_id)
     count = cost.count(TokenStats.uniform(1, seq_len, windows=cost.windows))

@@ -57,6 +57,9 @@ class MeasuredCostModel(RatedCount):
         passes with adapters disabled)."""
         self.setup = setup or TrainingSetup()
         self.name = self.label = name or str(config.get("_name_or_path") or config.get("model_type"))
+        from meter.spec import refuse_multimodal
+
+        refuse_multimodal(config)
         if model is None and (self.setup.method != "full" or self.setup.gradient_checkpointing):
             model = model_for_setup(config, self.setup)  # a meta-device model prepared as the setup says
         meta = _meta_copy(config, model, bare=bare)
@@ -301,14 +304,15 @@ def _step(model, s: int, names, keep: int = 0, masked: bool = True) -> _Step:
     if keep:
         kwargs["logits_to_keep"] = keep
     prefix = type(model).__name__ + "."
+    # one mode around forward and backward: FlopCounterMode attributes backward work to modules only when it saw
+    # their forward; the backward is the difference to the forward's snapshot
     with counter, _one_unpacked_row(masked):
         logits = model(input_ids=ids, **kwargs).logits
-    forward, by_module = counter.get_total_flops(), _by_module(counter, prefix, names)
-    with counter:  # entering the mode again starts its count from zero: this is the backward alone
+        forward, by_module = counter.get_total_flops(), _by_module(counter, prefix, names)
         logits.float().sum().backward()
-    backward = _by_module(counter, prefix, names)
-    modules = {n: (by_module.get(n, 0), backward.get(n, 0)) for n in names}
-    return _Step((forward, counter.get_total_flops()), modules)
+    both = _by_module(counter, prefix, names)
+    modules = {n: (by_module.get(n, 0), both.get(n, 0) - by_module.get(n, 0)) for n in names}
+    return _Step((forward, counter.get_total_flops() - forward), modules)
 
 
 @contextlib.contextmanager

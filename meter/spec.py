@@ -347,16 +347,21 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_READERS))
 _TOWERS = ("vision_config", "audio_config", "speech_config", "video_config")
 
 
-def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
-    """Read a :class:`ModelSpec` from a ``PretrainedConfig``, a dict or a ``config.json`` path."""
-    cfg = load_config(config)
+def refuse_multimodal(cfg: Mapping[str, Any]) -> None:
+    """Never unwrap silently: a multimodal model's towers and their tokens are compute of the run."""
     towers = [k for k in _TOWERS if isinstance(cfg.get(k), Mapping)]
-    if towers:  # never unwrap silently: the towers and their tokens are compute of the run
+    if towers:
         raise MeterError(
             f"model_type '{cfg.get('model_type')}' is a multimodal model ({', '.join(towers)}): the meter counts "
             "language models only and will not count its text model alone, which would leave out the "
             f"{towers[0].removesuffix('_config')} tower and its tokens; fine-tune and meter the text model by itself"
         )
+
+
+def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
+    """Read a :class:`ModelSpec` from a ``PretrainedConfig``, a dict or a ``config.json`` path."""
+    cfg = load_config(config)
+    refuse_multimodal(cfg)
     if cfg.get("model_type") not in _READERS and isinstance(cfg.get("text_config"), Mapping):
         raise MeterError(
             f"model_type '{cfg.get('model_type')}' wraps a text_config: give the text model's config "

@@ -117,3 +117,17 @@ def test_the_types_listed_as_unbuildable_still_are(model_type) -> None:
         pytest.skip(f"{model_type} is not in this transformers")
     with pytest.raises(Exception):  # noqa: B017 (any failure to build or to train one step)
         _truth(build(model_type).train())
+
+
+def test_llama4_dense_experts_are_credited_their_routed_share() -> None:
+    """Llama 4's HF kernel runs all E experts on every token; the regulatory count keeps the top-k. Independent
+    formula: the unrouted work is (E − k) experts × 3 matmuls of h×I × 2 FLOPs, ×3 with backward (weights and
+    inputs), per token, per MoE layer."""
+    model = _prepare("llama4_text", "full")
+    config = model.config
+    observed = observe_model(model)
+    measured = MeasuredCostModel(observed.config, observed.setup, model=model)
+    moe_layers = sum(1 for layer in model.model.layers if hasattr(layer.feed_forward, "experts"))
+    e, k, h, i = config.num_local_experts, config.num_experts_per_tok, config.hidden_size, config.intermediate_size
+    unrouted = moe_layers * (e - k) * 3 * (2 * h * i) * 3  # per token (attention differs too: causal vs L²)
+    assert moe_layers > 0 and measured.executed.per_token.total - measured.regulatory.per_token.total == unrouted
