@@ -26,6 +26,8 @@ from tests.tiny_families import CANNOT_BUILD, NOT_DECODER_LMS, TOO_LARGE, build,
 # model type -> why the meta device cannot measure it: the meter refuses (the run is recorded not counted)
 REFUSED: dict[str, str] = {
     "diffllama": "copies a meta tensor to the host",
+    "git": "multimodal (vision_config): refused, never counted as its text model alone",
+    "phi4_multimodal": "multimodal (vision and audio configs): refused, never counted as its text model alone",
     **{t: "Tensor.item() in the forward" for t in ("big_bird", "megatron-bert", "roformer", "xlm")},
     "rembert": "Tensor.item() in the forward",
     "longcat_flash": "experts that do not dispatch through transformers' experts_implementation",
@@ -97,7 +99,7 @@ def test_every_family_is_counted_exactly_or_refused(model_type, method) -> None:
     model = _prepare(model_type, method)
     observed = observe_model(model)
     if model_type in REFUSED or (model_type, method) in REFUSED_METHODS:
-        with pytest.raises(MeterError, match=r"cannot be measured|does not dispatch|not of the form"):
+        with pytest.raises(MeterError, match=r"cannot be measured|does not dispatch|not of the form|multimodal"):
             MeasuredCostModel(observed.config, observed.setup, model=model)
         return
     measured = MeasuredCostModel(observed.config, observed.setup, model=model)
