@@ -33,6 +33,7 @@ from typing import Any
 
 from meter.count import PassFlops, RatedCount, Rates, TrainingSetup
 from meter.errors import MeterError
+from meter.spec import refuse_multimodal
 
 _LENGTHS = (64, 128, 256)
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
@@ -57,12 +58,10 @@ class MeasuredCostModel(RatedCount):
         passes with adapters disabled)."""
         self.setup = setup or TrainingSetup()
         self.name = self.label = name or str(config.get("_name_or_path") or config.get("model_type"))
-        from meter.spec import refuse_multimodal
-
         refuse_multimodal(config)
         if model is None and (self.setup.method != "full" or self.setup.gradient_checkpointing):
-            model = model_for_setup(config, self.setup)  # a meta-device model prepared as the setup says
-        meta = _meta_copy(config, model, bare=bare)
+            model = _measured(model_for_setup, config, self.setup)  # a meta-device model prepared as the setup says
+        meta = _measured(_meta_copy, config, model, bare=bare)
         shape = _shape(meta)
         self.windows = frozenset(w for _, w in shape.layers if w is not None)
         self.parameters = _base_parameters(meta)
