@@ -45,7 +45,7 @@ def _base_candidates(model_id: str) -> list[str]:
     base = _base_id(model_id)
     if base == model_id:
         return []
-    return [base, base + "-pt", re.sub(r"-(instruct|chat|it)(?=-|$)", "-base", model_id, flags=re.IGNORECASE)]
+    return [base, base + "-pt", _VARIANT.sub("-base", model_id)]
 
 
 def _find(key: str, index) -> str | None:

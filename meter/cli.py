@@ -337,19 +337,19 @@ def plan(args) -> Plan:
         trainable=tuple(args.trainable),
         **common,
     )
-    spec, measured_note = None, ""
-    if not args.measure:
+    spec, measured_note, measure = None, "", args.measure
+    if not measure:
         try:
             spec = spec_from_config(resolved.config, name=resolved.name)
         except UnknownArchitecture:
             if args.trainer != "sft":
                 raise
-            args.measure = True
+            measure = True
             measured_note = (
                 f"model_type '{resolved.config.get('model_type')}' is outside the analytic engine: measured with "
                 "FlopCounterMode on a meta-device copy (sliding windows credited, chunked attention as causal)"
             )
-    if args.measure:
+    if measure:
         from meter.measure import MeasuredCostModel
 
         models = {"measured": (setup, MeasuredCostModel(resolved.config, setup, name=resolved.name))}
@@ -369,7 +369,7 @@ def plan(args) -> Plan:
     windows = set().union(*(getattr(m, "windows", set()) for _, m in models.values()))
     stats = _stats(args, windows)
     total = spec.parameter_count() if spec is not None else next(iter(models.values()))[1].parameters
-    if args.measure:
+    if measure:
         counts = {label: (s, m.count(stats), (total, m.trainable_parameters())) for label, (s, m) in models.items()}
     else:
         from meter.trainer_plan import plan_parts

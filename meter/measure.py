@@ -379,7 +379,7 @@ def _num_experts(config) -> int:
     text = get("text_config")
     if text is not None and not isinstance(text, (int, str)):
         return _num_experts(text)
-    return max((get(k) or 0) if isinstance(get(k) or 0, int) else 0 for k in _MOE_KEYS)
+    return max((v for v in map(get, _MOE_KEYS) if isinstance(v, int)), default=0)
 
 
 def _experts(config) -> dict[str, str]:
