@@ -78,7 +78,8 @@ class GovernedFineTuningPipeline(Construct):
         if Token.is_unresolved(days) or days < 1 or days != int(days):
             raise ValueError(f"audit_retention {retention} must be a whole number of days, at least one")
         settings = dict(pipeline_settings or {})
-        defaults = pipeline.check_settings(settings)  # the images the pipeline runs: settings, else the defaults
+        pipeline.check_settings(settings)
+        image_tokens, repositories = pipeline.images(self, settings)
 
         # storage
         self.key = storage.encryption_key(self, alias)
@@ -98,7 +99,7 @@ class GovernedFineTuningPipeline(Construct):
             audit=self.audit_bucket,
             audit_prefix=audit_prefix,
             ledger=self.ledger,
-            images=[defaults.training_image, defaults.processing_image],
+            repositories=repositories,
             model_package_group=model_package_group_name,
         )
         self.analysis_role = roles.analysis_role(self, access)
@@ -126,6 +127,7 @@ class GovernedFineTuningPipeline(Construct):
             "kms_key_id": self.key.key_arn,
             "audit_bucket": self.audit_bucket.bucket_name,
             "ledger_table": self.ledger.table_name,
+            **image_tokens,
         }
         self.settings, self.names = settings, names
         governed = build(pipeline.deployed_config(settings, **names, values=pipeline.PLACEHOLDERS))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, CfnMapping, Fn, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -25,12 +25,22 @@ from aws_cdk import aws_s3_deployment as s3deploy
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.roles import allow, least_privilege_role
+from infra.roles import allow, ecr_repositories, least_privilege_role
 from pipelines.code import Artifact, marker_key
 from pipelines.config import PipelineConfig
 
 # What a deployer may set; the names, roles, key and audit store come from the stack.
-SETTINGS = ("training_image", "processing_image", "inference_image", "processing_instance_type", "max_runtime_seconds")
+SETTINGS = (
+    "training_image",
+    "processing_image",
+    "inference_image",
+    "processing_instance_type",
+    "max_runtime_seconds",
+    "training_volume_gb",
+    "processing_volume_gb",
+    "spot_training",
+    "max_wait_seconds",
+)
 
 # Stand-ins while the definition is built: valid for the SDK's checks, and found nowhere else in a definition.
 PLACEHOLDERS = {
@@ -43,6 +53,10 @@ PLACEHOLDERS = {
     "audit_bucket": "flops-meter-placeholder-audit",
     "ledger_table": "flops-meter-placeholder-ledger",
 }
+# the SDK's images where the deployer sets none: one per region, looked up by CloudFormation (a region-agnostic stack)
+IMAGE_KINDS = ("training", "processing", "inference")
+for _kind in IMAGE_KINDS:
+    PLACEHOLDERS[f"{_kind}_image"] = f"000000000000.dkr.ecr.zz-flopsmeter-1.amazonaws.com/flops-meter-{_kind}:0"
 
 
 def check_settings(settings: Mapping[str, Any]) -> PipelineConfig:
@@ -73,8 +87,10 @@ def deployed_config(
     values: Mapping[str, str],
 ) -> PipelineConfig:
     """The PipelineConfig of a deployment, for given values of the PLACEHOLDERS keys (placeholders or real)."""
+    images = {f"{k}_image": values[f"{k}_image"] for k in IMAGE_KINDS if not settings.get(f"{k}_image")}
     return PipelineConfig.load(
         **settings,
+        **images,
         pipeline_name=pipeline_name,
         region=values["region"],
         bucket=values["bucket"],
@@ -90,7 +106,7 @@ def deployed_config(
 
 def tokenized(definition: str, tokens: Mapping[str, str]) -> str:
     """Replace each placeholder by its CDK token; refuse if a placeholder survives in another form."""
-    for name in sorted(PLACEHOLDERS, key=lambda n: -len(PLACEHOLDERS[n])):  # longest first: no partial overlaps
+    for name in sorted(tokens, key=lambda n: -len(PLACEHOLDERS[n])):  # longest first: no partial overlaps
         definition = definition.replace(PLACEHOLDERS[name], tokens[name])
     leftover = [n for n, v in PLACEHOLDERS.items() if v in definition] + (
         ["account"] if "000000000000" in definition else []
@@ -98,6 +114,41 @@ def tokenized(definition: str, tokens: Mapping[str, str]) -> str:
     if leftover:
         raise RuntimeError(f"pipeline definition still holds placeholder(s) {leftover}: it cannot be deployed")
     return definition
+
+
+def images(scope: Construct, settings: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Image URIs for the stack's region (tokens for those the deployer left to the SDK) and the ECR repository
+    ARNs the job roles may pull from. The SDK's per-region tables become a CloudFormation mapping: the stack stays
+    region-agnostic and each region gets its own registry account (eu-south-1, me-central-1, China …)."""
+    from pipelines.images import IMAGES, image_uri
+
+    tokens: dict[str, str] = {}
+    repositories = ecr_repositories(
+        settings[f"{k}_image"] for k in ("training", "processing") if settings.get(f"{k}_image")
+    )
+    wanted = [k for k in IMAGE_KINDS if not settings.get(f"{k}_image")]
+    if not wanted:
+        return tokens, repositories
+    from sagemaker.core.image_uris import config_for_framework
+
+    mapping: dict[str, dict[str, str]] = {}
+    for kind in wanted:
+        image = IMAGES[kind]
+        versions = config_for_framework(image.framework)[image.scope]["versions"][image.version]
+        registries = versions.get(image.base_framework_version or "", versions).get("registries", {})
+        for region in sorted(registries):
+            uri = image_uri(kind, region)
+            account, repository = uri.split(".", 1)[0], uri.split("/", 1)[1].split(":", 1)[0]
+            row = mapping.setdefault(region, {})
+            row[kind], row[f"{kind}Repository"] = uri, f"{region}:{account}:repository/{repository}"
+    regions = [r for r, row in mapping.items() if all(k in row for k in wanted)]
+    table = CfnMapping(scope, "Images", mapping={r: mapping[r] for r in regions})
+    for kind in wanted:
+        tokens[f"{kind}_image"] = table.find_in_map(Aws.REGION, kind)
+        if kind != "inference":  # the serving image is pulled by the endpoint's role, not the pipeline's jobs
+            tail = table.find_in_map(Aws.REGION, f"{kind}Repository")
+            repositories.append(Fn.join("", ["arn:", Aws.PARTITION, ":ecr:", tail]))
+    return tokens, repositories
 
 
 # --------------------------------------------------------------------------------------------------------------

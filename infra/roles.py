@@ -55,7 +55,7 @@ class Access:
     audit: s3.IBucket
     audit_prefix: str
     ledger: dynamodb.ITable
-    images: Sequence[str]
+    repositories: Sequence[str]  # ECR repository ARNs of the job images
     model_package_group: str
 
 
@@ -73,7 +73,7 @@ def _job_basics(scope: Construct, a: Access, job_kind: str) -> list[iam.PolicySt
         allow(["cloudwatch:PutMetricData"], ["*"], {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}),
         allow(["ecr:GetAuthorizationToken"], ["*"]),
         allow(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-              ecr_repositories(a.images)),
+              list(a.repositories)),
         allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [a.key.key_arn]),
         allow(["kms:CreateGrant"], [a.key.key_arn], {"Bool": {"kms:GrantIsForAWSResource": "true"}}),
         allow(["s3:ListBucket"], [a.artifacts.bucket_arn], {"StringLike": {"s3:prefix": [a.prefix, f"{a.prefix}/*"]}}),

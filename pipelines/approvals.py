@@ -26,7 +26,7 @@ from typing import Any
 from meter.errors import MeterError
 from meter.flagged import decision_document
 from meter.thresholds import rule_text
-from pipelines.registries import Registry, model_package_request, verdict_metadata
+from pipelines.registries import Registry, description_text, metadata_value, model_package_request, verdict_metadata
 
 STATUSES = ("pending", "approved", "rejected")
 _REF = re.compile(r"^[0-9a-f]{4,64}$")
@@ -187,12 +187,12 @@ def _decision_metadata(decision: dict[str, Any], decision_uri: str) -> dict[str,
         "flops_meter:decision": decision["decision"],
         "flops_meter:decision_uri": decision_uri,
         "flops_meter:decision_sha256": decision["decision_sha256"],
-        "flops_meter:approver": decision["approver"][:256],
+        "flops_meter:approver": metadata_value(decision["approver"]),
     }
 
 
 def _description(decision: dict[str, Any]) -> str:
-    return f"{decision['decision']} by {decision['approver']}: {decision['reason']}"[:1024]
+    return description_text(f"{decision['decision']} by {decision['approver']}: {decision['reason']}")
 
 
 def _apply(
@@ -228,7 +228,7 @@ def registration_request(
         image=doc["inference_image"],
         model_data_url=doc["model_uri"],
         status="Approved",
-        description=f"Crossed the compute threshold ({doc['verdict']}); {_description(decision)}"[:1024],
+        description=description_text(f"Crossed the compute threshold ({doc['verdict']}); {_description(decision)}"),
         metadata={
             **verdict_metadata(
                 regulatory=str(record["run"]["flops"]["regulatory"]),

@@ -158,7 +158,7 @@ def cmd_upsert(config, role: str) -> int:
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
-    from pipelines.governed import BOOLEAN, PARAMETERS
+    from pipelines.governed import ENUMS, PARAMETERS
 
     params = {}
     for item in items:
@@ -175,8 +175,8 @@ def parse_params(items: list[str]) -> dict[str, str]:
                 float(value)
         except ValueError:
             raise MeterError(f"--param {name}={value}: expected {kind.lower()}") from None
-        if name in BOOLEAN and value not in ("true", "false"):
-            raise MeterError(f"--param {name}={value}: expected true or false")
+        if name in ENUMS and value not in ENUMS[name]:
+            raise MeterError(f"--param {name}={value}: expected one of {', '.join(ENUMS[name])}")
         params[name] = value
     return params
 

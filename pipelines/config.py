@@ -13,19 +13,6 @@ from typing import Any
 
 from meter.errors import MeterError
 
-# Hugging Face PyTorch training container (AWS Deep Learning Containers); the region is filled in.
-DEFAULT_IMAGE = (
-    "763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-training:"
-    "2.5.1-transformers4.49.0-gpu-py311-cu124-ubuntu22.04"
-)
-
-# Hugging Face LLM serving container (TGI), what the registered model package deploys with. Check the tag your
-# region offers; the CDK app and --config set it.
-DEFAULT_INFERENCE_IMAGE = (
-    "763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-tgi-inference:"
-    "2.4.0-tgi2.3.1-gpu-py311-cu124-ubuntu22.04"
-)
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -38,13 +25,18 @@ class PipelineConfig:
     training_role_arn: str = ""
     audit_role_arn: str = ""
     audit_store_uri: str = "s3://flops-meter-audit/records?table=flops-meter-ledger"
-    training_image: str = DEFAULT_IMAGE
-    processing_image: str = DEFAULT_IMAGE
-    inference_image: str = DEFAULT_INFERENCE_IMAGE
+    # empty: the image the SDK publishes for the region (pipelines/images.py); else an ECR URI ({region} filled in)
+    training_image: str = ""
+    processing_image: str = ""
+    inference_image: str = ""
     processing_instance_type: str = "ml.m5.xlarge"
     model_package_group: str = "flops-meter-models"
     kms_key_id: str = ""
     max_runtime_seconds: int = 24 * 3600
+    training_volume_gb: int = 100  # the training job's EBS volume: model, checkpoints (NVMe instances use theirs)
+    processing_volume_gb: int = 30  # EstimateFLOPs downloads the dataset; the other two steps read only the record
+    spot_training: bool = False  # managed spot training; an interrupted job resumes from its checkpoints
+    max_wait_seconds: int = 0  # spot: how long to wait for capacity and run, in all; 0: twice max_runtime_seconds
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
@@ -68,9 +60,14 @@ class PipelineConfig:
         if unknown:
             raise MeterError(f"unknown pipeline setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
         for name, value in doc.items():
-            want = int if name == "max_runtime_seconds" else str
-            if not isinstance(value, want) or isinstance(value, bool):
+            want = {"int": int, "bool": bool}.get(str(known[name].type), str)
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise MeterError(f"pipeline setting {name} must be a {want.__name__}, got {value!r}")
+        for name in ("max_runtime_seconds", "training_volume_gb", "processing_volume_gb"):
+            if doc.get(name, 1) <= 0:
+                raise MeterError(f"pipeline setting {name} must be positive, got {doc[name]}")
+        if doc.get("max_wait_seconds", 0) and doc["max_wait_seconds"] < doc.get("max_runtime_seconds", 24 * 3600):
+            raise MeterError("pipeline setting max_wait_seconds must be at least max_runtime_seconds (or 0)")
         config = cls(**doc)
         for name in ("pipeline_name", "region", "bucket", "role_arn"):
             if not getattr(config, name):
@@ -82,7 +79,13 @@ class PipelineConfig:
         return {"training": self.training_role_arn, "audit": self.audit_role_arn}.get(step) or self.role_arn
 
     def image(self, kind: str) -> str:
-        return getattr(self, f"{kind}_image").format(region=self.region)
+        """The URI of the "training", "processing" or "inference" image in this region."""
+        given = getattr(self, f"{kind}_image")
+        if given:
+            return given.format(region=self.region)
+        from pipelines.images import image_uri
+
+        return image_uri(kind, self.region)
 
     def s3(self, *parts: str) -> str:
         """s3://bucket/prefix/parts…"""

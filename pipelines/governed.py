@@ -18,6 +18,7 @@ from typing import Any
 from pipelines.code import code_bundle, demo_dataset, demo_recipe
 from pipelines.config import PipelineConfig
 from pipelines.registries import model_package_request, verdict_metadata
+from steps.settings import FROM_RECIPE, TRAINED
 
 # name: (type, default, description): what a Studio user fills in. Defaults run the bundled tiny demo.
 PARAMETERS: dict[str, tuple[str, Any, str]] = {
@@ -29,12 +30,11 @@ PARAMETERS: dict[str, tuple[str, Any, str]] = {
         "else unknown (the 3.33e22 fallback applies)",
     ),
     "OriginalIsSystemicRisk": ("String", "false", "true if the original is a GPAI model with systemic risk"),
-    "TrainingMethod": ("String", "full", "full, lora, qlora or freeze (overrides the recipe)"),
+    "TrainingMethod": ("String", FROM_RECIPE, "full or lora; recipe: the recipe's own method"),
     "DatasetS3Uri": ("String", None, "S3 prefix of the training data (JSON Lines: text or input_ids)"),
     "RecipeS3Uri": ("String", None, "S3 URI of the recipe YAML (compute_flops: true)"),
     "InstanceType": ("String", "ml.m5.xlarge", "training instance type, e.g. ml.g5.2xlarge"),
     "InstanceCount": ("Integer", 1, "training instances; more than one runs torchrun across nodes"),
-    "ModelPackageGroupName": ("String", None, "model package group; also the lineage whose compute adds up"),
     "ApproachingFraction": ("Float", 0.8, "share of the threshold from which a run is reported as approaching"),
     "AllowPlannedCrossing": (
         "String",
@@ -43,7 +43,12 @@ PARAMETERS: dict[str, tuple[str, Any, str]] = {
         "for approval)",
     ),
 }
-BOOLEAN = ("OriginalIsSystemicRisk", "AllowPlannedCrossing")
+# closed sets: Studio offers these values only, and SageMaker refuses any other when the execution starts
+ENUMS = {
+    "OriginalIsSystemicRisk": ["false", "true"],
+    "AllowPlannedCrossing": ["false", "true"],
+    "TrainingMethod": [FROM_RECIPE, *TRAINED],
+}
 # The Fail steps that stop a model on the way to the registry (the approval workflow watches for them)
 PLAN_CROSSES, REGISTRATION_BLOCKED = "PlanCrossesThreshold", "RegistrationBlocked"
 
@@ -64,7 +69,6 @@ def _parameters(config: PipelineConfig) -> dict[str, Any]:
     defaults = {
         "DatasetS3Uri": config.s3(demo_dataset().key_prefix("")),
         "RecipeS3Uri": config.s3(demo_recipe().key_prefix(""), "demo.yaml"),
-        "ModelPackageGroupName": config.model_package_group,
     }
     out = {}
     for name, (kind, default, _) in PARAMETERS.items():
@@ -74,9 +78,7 @@ def _parameters(config: PipelineConfig) -> dict[str, Any]:
         elif kind == "Float":
             out[name] = ParameterFloat(name=name, default_value=default)
         else:
-            out[name] = ParameterString(
-                name=name, default_value=default, enum_values=["false", "true"] if name in BOOLEAN else None
-            )
+            out[name] = ParameterString(name=name, default_value=default, enum_values=ENUMS.get(name))
     return out
 
 
@@ -151,6 +153,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             estimate_flops_step,
             output_uri,
             publish_audit_step,
+            record_uri,
             train_with_meter_step,
         )
 
@@ -169,12 +172,13 @@ def build(config: PipelineConfig | None = None) -> Governed:
             instance_type=config.processing_instance_type,
             kms_key_id=config.kms_key_id or None,
             max_runtime_seconds=config.max_runtime_seconds,
+            volume_size_gb=config.processing_volume_gb,
         )
         common = dict(
             base_model_id=p["BaseModelId"],
             pretrain_flops=p["PretrainFlops"],
             original_systemic_risk=p["OriginalIsSystemicRisk"],
-            lineage=p["ModelPackageGroupName"],
+            lineage=config.model_package_group,
             store_uri=config.audit_store_uri,
             approaching_fraction=p["ApproachingFraction"],
         )
@@ -203,17 +207,21 @@ def build(config: PipelineConfig | None = None) -> Governed:
             original_systemic_risk=p["OriginalIsSystemicRisk"],
             instance_type=p["InstanceType"],
             instance_count=p["InstanceCount"],
+            volume_size_gb=config.training_volume_gb,
+            spot=config.spot_training,
+            max_wait_seconds=config.max_wait_seconds or None,
         )
         model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
-        classify = classify_compliance_step(ctx, model_artifacts=model_artifacts, **common)
+        run_record = record_uri(train)  # output.tar.gz: the processing steps never download the model
+        classify = classify_compliance_step(ctx, run_record=run_record, **common)
         compliance_uri = output_uri(classify, "compliance")
         publish = publish_audit_step(
             StepContext(**{**ctx.__dict__, "role": config.role("audit")}),
-            model_artifacts=model_artifacts,
+            run_record=run_record,
             compliance_uri=compliance_uri,
             model_uri=model_artifacts,
             report_uri=Join(on="/", values=[compliance_uri, "compliance.json"]),
-            model_package_group=p["ModelPackageGroupName"],
+            model_package_group=config.model_package_group,
             inference_image=config.image("inference"),
             dataset_uri=p["DatasetS3Uri"],
             store_uri=config.audit_store_uri,
@@ -226,7 +234,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
 
         register = register_model_step(
             "RegisterModel",
-            model_package_group=p["ModelPackageGroupName"],
+            model_package_group=config.model_package_group,
             model_data_url=model_artifacts,
             image_uri=config.image("inference"),
             metadata=verdict_metadata(

@@ -489,7 +489,8 @@ class LocalRunner:
         env["SM_HPS"] = json.dumps(hps)
         # one process here; on SageMaker the SDK's driver starts torchrun on every node
         self._subprocess([sys.executable, str(code / entry)], env, opt_ml, step_dir, state, cwd=code)
-        output = args["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{state.name}-{execution.execution_id}"
+        job_name = f"{state.name}-{execution.execution_id}"
+        output = args["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{job_name}"
         model_tar = step_dir / "model.tar.gz"
         _tar(opt_ml / "model", model_tar)
         self.objects.upload(model_tar, f"{output}/output/model.tar.gz")
@@ -500,6 +501,8 @@ class LocalRunner:
         if checkpoints and (opt_ml / "checkpoints").is_dir():
             self.objects.upload(opt_ml / "checkpoints", checkpoints)
         state.properties["ModelArtifacts.S3ModelArtifacts"] = f"{output}/output/model.tar.gz"
+        state.properties["OutputDataConfig.S3OutputPath"] = args["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+        state.properties["TrainingJobName"] = job_name
 
     # processes ---------------------------------------------------------------------------------------------------
 

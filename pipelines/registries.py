@@ -12,12 +12,40 @@ registry can be completed by running the same command again.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
 
 from meter.errors import MeterError
 
 RECORD_KEY = "flops_meter:record_sha256"
+
+
+_METADATA_PUNCTUATION = frozenset("_.:/+-@")  # with letters, numbers and spaces: inside the API's pattern
+
+
+def metadata_value(text: str, limit: int = 256) -> str:
+    """A string as a CustomerMetadataProperties value: the API allows letters, numbers, spaces and ``_.:/=+-@``
+    only. Anything else is written ``=XX`` (its UTF-8 bytes in hex, "=" itself included), so
+    ``O'Brien, Mary (DPO)`` becomes ``O=27Brien=2C Mary =28DPO=29``: readable, reversible, accepted. Whitespace
+    other than a space is encoded too. Cut at ``limit`` characters, never inside an escape."""
+    out, size = [], 0
+    for ch in str(text):
+        safe = ch == " " or ch.isalnum() or ch in _METADATA_PUNCTUATION
+        piece = ch if safe else "".join(f"={b:02X}" for b in ch.encode())
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def description_text(text: str, limit: int = 1024) -> str:
+    """A string as an API description (one line: the API's patterns do not match line breaks or control
+    characters): each run of whitespace or control characters becomes one space; cut at ``limit``."""
+    cleaned = "".join(" " if (ch.isspace() or unicodedata.category(ch).startswith("C")) else ch for ch in str(text))
+    return re.sub(r" {2,}", " ", cleaned).strip()[:limit]
 
 
 def verdict_metadata(
@@ -111,6 +139,13 @@ class SageMakerRegistry:
     def _call(self, name: str, **kwargs) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from pipelines.requests import problems
+
+        # every constraint of the API, checked before the call: botocore checks types only, and a refused
+        # registration after the decision was recorded could never be completed
+        found = problems(self.client.meta.method_to_api_mapping[name], kwargs)
+        if found:
+            raise MeterError(f"{self.where}: {name} would be refused: {found[0]}")
         try:
             return getattr(self.client, name)(**kwargs)
         except ClientError as e:

@@ -1,6 +1,7 @@
 """ClassifyCompliance — the run's verdict, counted with its lineage's recorded compute.
 
-Inputs (processing): ``run/`` (flops_meter.json, or the model.tar.gz holding it). Output: ``compliance/compliance.json``
+Inputs (processing): ``run/`` (flops_meter.json, or the training job's output.tar.gz holding it).
+Output: ``compliance/compliance.json``
 — a PropertyFile with at least ``crossed``, ``status``, ``regulatory_flops``, ``threshold_flops``.
 """
 

@@ -87,6 +87,7 @@ def main() -> int:
         base_model_id=args.base_model_id,
         method=args.training_method,
     )
+    recipe.check_trained()  # here, before the training instance starts
     config, name = model_config(recipe)
     spec = spec_from_config(config, name=name)
     model_dir = processing_input("model")

@@ -7,8 +7,9 @@ inside the functions: the entrypoints run in training containers that do not hav
     ctx = StepContext(session=PipelineSession(), role=ROLE, image_uri=IMAGE, code_uri="s3://…/code/<sha>")
     estimate = estimate_flops_step(ctx, recipe_uri=..., dataset_uri=..., base_model_id="meta-llama/Llama-3.1-8B")
     train = train_with_meter_step(ctx, recipe_uri=..., dataset_uri=..., instance_type="ml.g5.2xlarge")
-    classify = classify_compliance_step(ctx, model_artifacts=train.properties.ModelArtifacts.S3ModelArtifacts, …)
-    publish = publish_audit_step(ctx, model_artifacts=…, compliance_uri=classify_output_uri(classify), …)
+    classify = classify_compliance_step(ctx, run_record=record_uri(train), …)
+    publish = publish_audit_step(ctx, run_record=record_uri(train), model_uri=…,
+                                 compliance_uri=output_uri(classify, "compliance"), …)
 """
 
 from __future__ import annotations
@@ -37,7 +38,44 @@ class StepContext:
     instance_type: Any = "ml.m5.xlarge"
     kms_key_id: str | None = None
     max_runtime_seconds: int = 24 * 3600
+    volume_size_gb: Any = 30  # the processing jobs' volume (EstimateFLOPs downloads the dataset)
     env: dict[str, str] = field(default_factory=dict)
+
+
+def volume_key(ctx: StepContext, instance_type: Any) -> str | None:
+    """The KMS key for a job's storage volume, only where SageMaker accepts one: instance types with local NVMe
+    storage (ml.g5, g6, p4d, p5 …) refuse ``VolumeKmsKeyId`` (their instance storage is encrypted by the
+    hardware). An instance type chosen at run time (a pipeline parameter) may be one of them, so it gets none:
+    its EBS volume, if any, is encrypted with SageMaker's AWS-managed key."""
+    from sagemaker.core.common_utils import instance_supports_kms
+
+    if not ctx.kms_key_id or not isinstance(instance_type, str):
+        return None
+    return ctx.kms_key_id if instance_supports_kms(instance_type) else None
+
+
+def retry_policies(*, internal_errors: bool) -> list[Any]:
+    """Retries, with exponential backoff, for throttling and for capacity (no instance free, account limits): the
+    step waits rather than failing the execution. ``internal_errors``: also retry a job that failed inside
+    SageMaker (the training job resumes from its checkpoints; the meter counts redone steps). Each exception type
+    appears in one policy only."""
+    from sagemaker.mlops.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
+
+    jobs = [SageMakerJobExceptionTypeEnum.CAPACITY_ERROR, SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT]
+    if internal_errors:
+        jobs.append(SageMakerJobExceptionTypeEnum.INTERNAL_ERROR)
+    return [
+        StepRetryPolicy(
+            exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
+            interval_seconds=10, backoff_rate=2.0, max_attempts=5,
+        ),
+        SageMakerJobStepRetryPolicy(exception_types=jobs, interval_seconds=60, backoff_rate=2.0, max_attempts=6),
+    ]  # fmt: skip
 
 
 def arg(name: str, value: Any) -> Any:
@@ -80,7 +118,8 @@ def _processing_step(
         instance_count=1,
         instance_type=ctx.instance_type,
         entrypoint=["python3", f"{CODE_DIR}/steps/launch.py", module],
-        volume_kms_key=ctx.kms_key_id,
+        volume_size_in_gb=ctx.volume_size_gb,
+        volume_kms_key=volume_key(ctx, ctx.instance_type),
         output_kms_key=ctx.kms_key_id,
         max_runtime_in_seconds=ctx.max_runtime_seconds,
         base_job_name=f"flops-meter-{module.split('.')[-1].replace('_', '-')}",
@@ -116,7 +155,13 @@ def _processing_step(
     if property_file is not None:
         file_name, output_name, path = property_file
         property_files.append(PropertyFile(name=file_name, output_name=output_name, path=path))
-    return ProcessingStep(name=name, step_args=step_args, property_files=property_files, description=description)
+    return ProcessingStep(
+        name=name,
+        step_args=step_args,
+        property_files=property_files,
+        description=description,
+        retry_policies=retry_policies(internal_errors=False),
+    )
 
 
 def estimate_flops_step(
@@ -172,11 +217,19 @@ def train_with_meter_step(
     original_systemic_risk: Any = "false",
     instance_type: Any = "ml.g5.2xlarge",
     instance_count: Any = 1,
+    volume_size_gb: Any = 100,
+    spot: bool = False,
+    max_wait_seconds: int | None = None,
     checkpoint_uri: Any = None,
     model_uri: Any = None,
     name: str = "TrainWithMeter",
 ):
-    """TrainingStep via ModelTrainer: the bundled SFT script with the meter on, under torchrun on every node."""
+    """TrainingStep via ModelTrainer: the bundled SFT script with the meter on, under torchrun on every node.
+
+    ``spot``: managed spot training; an interrupted job resumes from its last checkpoint (synced to
+    ``checkpoint_uri``), within ``max_wait_seconds`` (default: twice the maximum runtime). The same checkpoint
+    location serves the step's retries and a retried execution (RetryPipelineExecution keeps the execution id).
+    """
     from sagemaker.core.shapes import CheckpointConfig, MetricDefinition, OutputDataConfig, StoppingCondition
     from sagemaker.core.training.configs import Compute, InputData, SourceCode
     from sagemaker.mlops.workflow.steps import TrainingStep
@@ -202,7 +255,13 @@ def train_with_meter_step(
             source_dir=source_dir, entry_script="steps/train_with_meter.py", requirements="requirements.txt"
         ),
         distributed=Torchrun(),
-        compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_kms_key_id=ctx.kms_key_id),
+        compute=Compute(
+            instance_type=instance_type,
+            instance_count=instance_count,
+            volume_size_in_gb=volume_size_gb,
+            volume_kms_key_id=volume_key(ctx, instance_type),
+            enable_managed_spot_training=True if spot else None,
+        ),
         hyperparameters={
             "base_model_id": base_model_id,
             "training_method": training_method,
@@ -216,7 +275,10 @@ def train_with_meter_step(
         },
         output_data_config=OutputDataConfig(s3_output_path=_output(ctx, "training"), kms_key_id=ctx.kms_key_id),
         checkpoint_config=CheckpointConfig(s3_uri=checkpoint_uri or _output(ctx, "checkpoints")),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=ctx.max_runtime_seconds),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=ctx.max_runtime_seconds,
+            max_wait_time_in_seconds=(max_wait_seconds or 2 * ctx.max_runtime_seconds) if spot else None,
+        ),
         input_data_config=channels,
     )
     trainer = trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRICS])
@@ -224,13 +286,14 @@ def train_with_meter_step(
         name=name,
         step_args=trainer.train(),
         description="Fine-tunes with the FLOPs meter on (compute_flops: true); one total per job",
+        retry_policies=retry_policies(internal_errors=True),
     )
 
 
 def classify_compliance_step(
     ctx: StepContext,
     *,
-    model_artifacts: Any,
+    run_record: Any,
     base_model_id: Any = "",
     pretrain_flops: Any = "",
     original_systemic_risk: Any = "false",
@@ -244,7 +307,7 @@ def classify_compliance_step(
         ctx,
         name,
         "steps.classify_compliance",
-        {"run": model_artifacts},
+        {"run": run_record},
         ["compliance"],
         [
             arg("base-model-id", base_model_id),
@@ -262,7 +325,7 @@ def classify_compliance_step(
 def publish_audit_step(
     ctx: StepContext,
     *,
-    model_artifacts: Any,
+    run_record: Any,
     compliance_uri: Any,
     dataset_uri: Any = None,
     store_uri: Any = "",
@@ -278,7 +341,7 @@ def publish_audit_step(
         ctx,
         name,
         "steps.publish_audit",
-        {"run": model_artifacts, "compliance": compliance_uri, "dataset": dataset_uri},
+        {"run": run_record, "compliance": compliance_uri, "dataset": dataset_uri},
         ["audit"],
         [
             arg("store-uri", store_uri),
@@ -292,6 +355,15 @@ def publish_audit_step(
         (AUDIT_FILE, "audit", "audit.json"),
         "Writes the run record and verdict to the append-only audit store",
     )
+
+
+def record_uri(train_step) -> Any:
+    """The training job's ``output.tar.gz`` (SageMaker's archive of /opt/ml/output/data): the run record alone.
+    The processing steps read it instead of ``model.tar.gz``, so a 70B model is never downloaded to read a few KB."""
+    from sagemaker.core.workflow.functions import Join
+
+    props = train_step.properties
+    return Join(on="/", values=[props.OutputDataConfig.S3OutputPath, props.TrainingJobName, "output", "output.tar.gz"])
 
 
 def output_uri(step, output_name: str) -> Any:

@@ -1,6 +1,7 @@
 """PublishAudit — always: the run and its verdict become a record in the audit store (append-only, chained).
 
-Inputs (processing): ``run/`` (flops_meter.json or model.tar.gz), ``compliance/`` (compliance.json), optionally
+Inputs (processing): ``run/`` (flops_meter.json or the training job's output.tar.gz), ``compliance/``
+(compliance.json), optionally
 ``dataset/`` (its files are hashed). Output: ``audit/audit.json`` with ``record_uri``, ``record_sha256`` and
 ``flagged_item`` (the id of the approval item when the verdict needs a decision, else empty), ``model_card``
 (the model package model card, JSON text, that RegisterModel attaches), and the sealed verdict the registration

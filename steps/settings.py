@@ -8,6 +8,11 @@ from typing import Any
 from meter.count import METHODS, TrainingSetup
 from meter.errors import MeterError
 
+# the methods TrainWithMeter's bundled script trains (the meter counts more: QLoRA needs bitsandbytes on a GPU,
+# freeze a list of trainable modules, neither of which the script sets up); "recipe": the recipe's own method
+TRAINED = ("full", "lora")
+FROM_RECIPE = "recipe"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,7 +39,7 @@ class Recipe:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise MeterError(f"unknown recipe setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
-        values = {**doc, **{k: v for k, v in overrides.items() if v not in (None, "")}}
+        values = {**doc, **{k: v for k, v in overrides.items() if v not in (None, "", FROM_RECIPE)}}
         lora = values.get("lora_targets")
         if isinstance(lora, list):
             values["lora_targets"] = tuple(lora)
@@ -58,6 +63,14 @@ class Recipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise MeterError(f"recipe {name} must be a positive integer, got {value!r}")
+
+    def check_trained(self) -> None:
+        """Refuse, before any training instance starts, a method the bundled training script cannot train."""
+        if self.method not in TRAINED:
+            raise MeterError(
+                f"training method '{self.method}' is not trained by TrainWithMeter's bundled script (it trains "
+                f"{' and '.join(TRAINED)}): set method in the recipe or the TrainingMethod parameter to one of them"
+            )
 
     def setup(self) -> TrainingSetup:
         return TrainingSetup(

@@ -48,7 +48,7 @@ def build_model(recipe: Recipe):
         source = str(local) if (local / "config.json").is_file() else recipe.base_model_id
         model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=recipe.attn_implementation)
         model.config._name_or_path = recipe.base_model_id  # the id, not a container path: the table is keyed by it
-    if recipe.method in ("lora", "qlora"):
+    if recipe.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         targets = recipe.lora_targets if isinstance(recipe.lora_targets, str) else list(recipe.lora_targets)
@@ -59,8 +59,6 @@ def build_model(recipe: Recipe):
                 target_modules=targets, task_type="CAUSAL_LM",
             ),
         )  # fmt: skip
-    elif recipe.method == "freeze":
-        raise MeterError("recipe method 'freeze' is not supported by the bundled training script: use full or lora")
     return model
 
 
@@ -80,6 +78,7 @@ def main() -> int:
         base_model_id=hps.get("base_model_id"),
         method=hps.get("training_method"),
     )
+    recipe.check_trained()
     model = build_model(recipe)
     tokenizer_source = (
         training_channel("model") if (training_channel("model") / "tokenizer_config.json").is_file() else None

@@ -248,19 +248,23 @@ def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
         CustomerMetadataProperties={"flops_meter:record_sha256": items["approaching"]["record_sha256"]},
     )["ModelPackageArn"]
 
-    def decide(verb: str, item: dict, *extra: str) -> int:
-        return main(["approvals", verb, item["id"], "--approver", "Ada", "--reason", "reviewed", *extra,
+    def decide(verb: str, item: dict, *extra: str, approver: str = "Ada", reason: str = "reviewed") -> int:
+        return main(["approvals", verb, item["id"], "--approver", approver, "--reason", reason, *extra,
                      "--store", s3_store_uri])  # fmt: skip
 
-    assert decide("approve", items["approaching"]) == 0
+    # an approver's name and a reason outside the API's patterns (apostrophe, comma, parentheses, a line break)
+    approver, reason = "O'Brien, Mary (DPO)", "reviewed by the board;\nminutes 2026-11-20"
+    assert decide("approve", items["approaching"], approver=approver, reason=reason) == 0
     described = sm.describe_model_package(ModelPackageName=pending)
     assert described["ModelApprovalStatus"] == "Approved"
+    assert described["CustomerMetadataProperties"]["flops_meter:approver"] == "O=27Brien=2C Mary =28DPO=29"
+    assert "\n" not in described["ApprovalDescription"] and approver in described["ApprovalDescription"]
     assert described["CustomerMetadataProperties"]["flops_meter:record_sha256"] == items["approaching"]["record_sha256"]
     assert described["CustomerMetadataProperties"]["flops_meter:decision"] == "approved"
 
     assert decide("approve", items["blocked"]) == 2
     assert "--accept-provider-obligations" in capsys.readouterr().err
-    assert decide("approve", items["blocked"], "--accept-provider-obligations") == 0
+    assert decide("approve", items["blocked"], "--accept-provider-obligations", approver=approver, reason=reason) == 0
     summaries = sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
     assert len(summaries) == 2
     [registered] = [s["ModelPackageArn"] for s in summaries if s["ModelPackageArn"] != pending]

@@ -242,7 +242,9 @@ def test_pipeline_roles_pass_only_the_step_roles_to_sagemaker(synth) -> None:
 class Resolver:
     """Evaluates Ref / Fn::GetAtt / Fn::Join / Fn::Sub-free templates with stand-in values."""
 
-    def __init__(self, stack, governed) -> None:
+    def __init__(self, stack, governed, template) -> None:
+        from pipelines.images import image_uri
+
         ids = {
             "bucket": logical_id(stack, governed.artifacts_bucket),
             "audit_bucket": logical_id(stack, governed.audit_bucket),
@@ -273,7 +275,10 @@ class Resolver:
             "kms_key_id": self.arns[ids["key"]],
             "audit_bucket": self.refs[ids["audit_bucket"]],
             "ledger_table": self.refs[ids["ledger_table"]],
+            # the images the SDK publishes in eu-central-1: CloudFormation looks them up in the stack's mapping
+            **{f"{kind}_image": image_uri(kind, "eu-central-1") for kind in ("training", "processing", "inference")},
         }
+        self.template = template.to_json()
 
     def __call__(self, value):
         if isinstance(value, str):
@@ -289,6 +294,9 @@ class Resolver:
             return self.arns[arg[0]]
         if fn == "Fn::Join":
             return arg[0].join(self(v) for v in arg[1])
+        if fn == "Fn::FindInMap":
+            name, top, second = (self(a) for a in arg)
+            return self.template["Mappings"][name][top][second]
         raise AssertionError(f"unexpected {fn} in the pipeline definition")
 
 
@@ -302,7 +310,7 @@ def test_pipeline_body_is_what_pipelines_builds(synth) -> None:
     assert props["PipelineName"] == "flops-meter-governed"
     assert props["RoleArn"] == {"Fn::GetAtt": [logical_id(stack, g.pipeline_role), "Arn"]}
     assert set(props["PipelineDefinition"]) == {"PipelineDefinitionBody"}  # not the lower-case key of aws-cdk#25774
-    resolve = Resolver(stack, g)
+    resolve = Resolver(stack, g, t)
     deployed = resolve(props["PipelineDefinition"]["PipelineDefinitionBody"])
     expected = definition(deployed_config(g.settings, **g.names, values=resolve.values))
     assert deployed == expected
@@ -350,7 +358,7 @@ def test_rules_watch_blocked_executions_and_model_packages(synth) -> None:
     assert pattern["detail-type"] == ["SageMaker Model Building Pipeline Execution Step Status Change"]
     assert pattern["detail"]["stepName"] == [PLAN_CROSSES, REGISTRATION_BLOCKED]
     assert pattern["detail"]["currentStepStatus"] == ["Failed"]
-    assert Resolver(stack, g)(pattern["detail"]["pipelineArn"][0]) == (
+    assert Resolver(stack, g, t)(pattern["detail"]["pipelineArn"][0]) == (
         "arn:aws:sagemaker:eu-central-1:123456789012:pipeline/flops-meter-governed"
     )
     packages = rules[logical_id(stack, g.package_rule)]["Properties"]["EventPattern"]
@@ -376,7 +384,7 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
     props = resources(t, "AWS::Lambda::Function")[logical_id(stack, g.approval_function)]["Properties"]
     assert props["Handler"] == "pipelines.notify.handler" and props["Runtime"].startswith("python3.")
     assert props["Role"] == {"Fn::GetAtt": [logical_id(stack, g.approval_function_role), "Arn"]}
-    resolve = Resolver(stack, g)
+    resolve = Resolver(stack, g, t)
     env = props["Environment"]["Variables"]
     assert resolve(env["AUDIT_STORE_URI"]) == (
         "s3://acme-audit-3c4d/records?table=acme-ledger-5e6f&region=eu-central-1&retention=bucket"
@@ -458,3 +466,29 @@ def test_cfn_lint_passes(synth) -> None:
         text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_images_come_from_the_sdk_for_the_stacks_region(synth) -> None:
+    """A region-agnostic stack looks its images up per region: the SDK's registry account for each (eu-south-1,
+    me-central-1 and China have their own), and the job roles may pull exactly those repositories."""
+    from sagemaker.core import image_uris
+
+    t, stack, g = synth["template"], synth["stack"], synth["governed"]
+    (rows,) = (v for k, v in t.to_json()["Mappings"].items() if "Images" in k)
+    assert {"eu-south-1", "me-central-1", "cn-north-1", "us-gov-west-1", "eu-central-1"} <= set(rows)
+    for region in ("eu-south-1", "me-central-1", "cn-north-1"):
+        sdk = image_uris.retrieve(
+            "huggingface", region=region, version="5.3.0", base_framework_version="pytorch2.9.0",
+            py_version="py312", image_scope="training", instance_type="ml.p5.48xlarge",
+        )  # fmt: skip
+        assert rows[region]["training"] == sdk
+        assert "-cpu-" in rows[region]["processing"] and "huggingface-pytorch-inference" in rows[region]["processing"]
+    assert rows["eu-south-1"]["training"].startswith("692866216735.dkr.ecr.eu-south-1.amazonaws.com/")
+    assert rows["cn-north-1"]["training"].split("/")[0].endswith(".amazonaws.com.cn")
+    resolve = Resolver(stack, g, t)
+    pulls = [resolve(r) for s in identity_statements(t)[logical_id(stack, g.training_role)]
+             if "ecr:BatchGetImage" in actions(s) for r in s["Resource"]]  # fmt: skip
+    assert sorted(pulls) == [
+        "arn:aws:ecr:eu-central-1:763104351884:repository/huggingface-pytorch-inference",
+        "arn:aws:ecr:eu-central-1:763104351884:repository/huggingface-pytorch-training",
+    ]

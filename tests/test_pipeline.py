@@ -29,7 +29,6 @@ PARAMETER_NAMES = [
     "RecipeS3Uri",
     "InstanceType",
     "InstanceCount",
-    "ModelPackageGroupName",
     "ApproachingFraction",
     "AllowPlannedCrossing",
 ]
@@ -98,6 +97,10 @@ def test_parameters_are_the_documented_ones_with_demo_defaults(doc) -> None:
     assert params["AllowPlannedCrossing"]["DefaultValue"] == "false"
     assert params["InstanceCount"] == {"Name": "InstanceCount", "Type": "Integer", "DefaultValue": 1}
     assert params["ApproachingFraction"]["Type"] == "Float"
+    # closed sets are enums: Studio offers only these, SageMaker refuses others at StartPipelineExecution
+    assert params["TrainingMethod"]["EnumValues"] == ["recipe", "full", "lora"]
+    assert params["TrainingMethod"]["DefaultValue"] == "recipe"  # the recipe's own method unless overridden
+    assert params["AllowPlannedCrossing"]["EnumValues"] == params["OriginalIsSystemicRisk"]["EnumValues"]
     assert params["DatasetS3Uri"]["DefaultValue"].startswith("s3://flops-meter-artifacts/flops-meter/demo-dataset/")
     assert params["RecipeS3Uri"]["DefaultValue"].endswith("/demo.yaml")
     described = doc["Metadata"]["flops_meter"]["parameters"]
@@ -154,7 +157,8 @@ def test_structure_four_steps_gates_and_registration(doc) -> None:
     assert [s["Name"] for s in reg["Arguments"]["ElseSteps"]] == ["RegistrationBlocked"]
     register = steps["RegisterModel"]["Arguments"]
     assert register["ModelApprovalStatus"] == "PendingManualApproval"
-    assert register["ModelPackageGroupName"] == {"Get": "Parameters.ModelPackageGroupName"}
+    # the group the deployed roles allow, fixed: a free-text parameter failed at RegisterModel after training
+    assert register["ModelPackageGroupName"] == "flops-meter-models"
     assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {
         "Get": "Steps.TrainWithMeter.ModelArtifacts.S3ModelArtifacts"
     }
@@ -193,7 +197,18 @@ def test_property_files_and_step_wiring(doc) -> None:
     inputs = {
         i["InputName"]: i["S3Input"]["S3Uri"] for i in steps["ClassifyCompliance"]["Arguments"]["ProcessingInputs"]
     }
-    assert inputs["run"] == {"Get": "Steps.TrainWithMeter.ModelArtifacts.S3ModelArtifacts"}
+    # the run record alone (the job's output.tar.gz), never the model: a 70B model is not downloaded to read 10 KB
+    assert inputs["run"] == {
+        "Std:Join": {
+            "On": "/",
+            "Values": [
+                {"Get": "Steps.TrainWithMeter.OutputDataConfig.S3OutputPath"},
+                {"Get": "Steps.TrainWithMeter.TrainingJobName"},
+                "output",
+                "output.tar.gz",
+            ],
+        }
+    }
     train = steps["TrainWithMeter"]["Arguments"]
     assert {"Name": "flops_meter:cumulative_flops", "Regex": "flops_meter: cumulative_flops=([0-9]+)"} in train[
         "AlgorithmSpecification"
@@ -329,7 +344,8 @@ def test_upload_upsert_start_against_moto(account, capsys) -> None:
     [
         ("Foo=1", "unknown parameter"),
         ("InstanceCount=two", "expected integer"),
-        ("AllowPlannedCrossing=yes", "expected true or false"),
+        ("AllowPlannedCrossing=yes", "expected one of false, true"),
+        ("TrainingMethod=qlora", "expected one of recipe, full, lora"),
         ("BaseModelId", "write NAME=VALUE"),
     ],
 )
