@@ -121,6 +121,8 @@ def test_an_unpublished_region_is_a_one_line_error() -> None:
 
     with pytest.raises(MeterError, match="set training_image in the pipeline config"):
         PipelineConfig(region="xx-nowhere-1").image("training")
-    assert PipelineConfig(training_image="1.dkr.ecr.{region}.amazonaws.com/x:1").image("training").startswith(
-        "1.dkr.ecr.us-east-1."
+    assert (
+        PipelineConfig(training_image="1.dkr.ecr.{region}.amazonaws.com/x:1")
+        .image("training")
+        .startswith("1.dkr.ecr.us-east-1.")
     )
