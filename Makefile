@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CDK_CLI ?= aws-cdk@2.1148.1
 CDK := PATH="$(CURDIR)/$(BIN):$$PATH" CDK_DISABLE_CLI_TELEMETRY=true npx --yes $(CDK_CLI)
 
-.PHONY: demo test lint bench clean browser synth bootstrap deploy destroy
+.PHONY: demo test contract lint bench clean browser synth bootstrap deploy destroy vendor
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,33 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+	$(MAKE) contract
+
+# The container contract: the steps' tests again, in an environment pinned to the SageMaker training image's own
+# libraries (pipelines/images.py: transformers, peft, accelerate, trl …) over this machine's torch CPU build, and the
+# training job run through the SDK's own driver scripts (tests/test_contract.py, tests/container.py).
+IMAGE_VENV := .venv-image
+$(IMAGE_VENV)/.installed: $(STAMP) pipelines/images.py
+	rm -rf $(IMAGE_VENV)
+	$(PY) -m venv $(IMAGE_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	  "$$($(IMAGE_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz-flops-meter-base.pth"
+	$(IMAGE_VENV)/bin/pip install --quiet $$($(BIN)/python -c "from pipelines.images import pins; print(pins('training'))")
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m torch.distributed.run "$$@"\n' > $(IMAGE_VENV)/bin/torchrun
+	chmod +x $(IMAGE_VENV)/bin/torchrun
+	touch $@
+
+contract: $(IMAGE_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py \
+	  tests/test_steps.py tests/test_runtime.py tests/test_light.py tests/test_flop_counter.py tests/test_tokens.py \
+	  tests/test_generic_path.py
+
+# Wheels of what an image may lack, shipped in the code bundle (steps/vendor): CPython 3.12, x86_64 Linux.
+vendor: $(STAMP)
+	rm -f steps/vendor/*.whl
+	$(BIN)/pip download --quiet --only-binary=:all: --no-deps --platform manylinux2014_x86_64 --python-version 3.12 \
+	  --implementation cp -d steps/vendor jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 \
+	  rpds-py==2026.9.1 attrs==26.1.0 typing-extensions==4.16.0 nvidia-ml-py==13.615.71
 
 # The governed pipeline's stack (infra/app.py): offline synth, and bootstrap/deploy/destroy with your AWS
 # credentials. Pass CDK options with CDK_ARGS, e.g. make deploy CDK_ARGS="-c flops-meter:approverEmails=a@b.org".
@@ -54,4 +81,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info cdk.out
+	rm -rf $(VENV) $(IMAGE_VENV) build *.egg-info cdk.out

@@ -22,9 +22,11 @@ post-norm). Reentrant checkpointing recomputes the whole layer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from meter.errors import MeterError
@@ -297,11 +299,25 @@ PEFT_MOE_PARAM_TARGETS: dict[str, dict[str, str]] = {
 }
 
 
+@functools.cache
+def peft_maps_expert_parameters() -> bool:
+    """Whether the installed peft maps target names onto stacked expert parameters (its
+    ``utils/transformers_weight_conversion``, peft 0.19 and later); peft 0.18 (the SageMaker images') wraps
+    ``nn.Linear`` modules only, so "all-linear" leaves the experts alone. Without peft: the newer behaviour. Read
+    from the files, without importing peft (a config-only estimate stays fast)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("peft")
+    if spec is None or not spec.origin:
+        return True
+    return (Path(spec.origin).parent / "utils" / "transformers_weight_conversion.py").is_file()
+
+
 def _lora_targets(graph: ModelGraph, setup: TrainingSetup) -> tuple[Callable[[str], bool], dict[str, int]]:
     """Which linear modules get LoRA (a name predicate), and which MoE parameters (suffix -> projections fused)."""
     targets = setup.lora_targets or default_lora_targets(graph.spec.model_type)
     all_linear = targets == "all-linear" or (isinstance(targets, (list, tuple)) and list(targets) == ["all-linear"])
-    param_map = PEFT_MOE_PARAM_TARGETS.get(graph.spec.model_type)
+    param_map = PEFT_MOE_PARAM_TARGETS.get(graph.spec.model_type) if peft_maps_expert_parameters() else None
     if isinstance(targets, str) and not all_linear:
         rx = re.compile(targets)
         return (lambda name: rx.fullmatch(name) is not None), {}

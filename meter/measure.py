@@ -29,6 +29,7 @@ import copy
 import re
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from meter.count import PassFlops, RatedCount, Rates, TrainingSetup
@@ -305,13 +306,20 @@ def _step(model, s: int, names, keep: int = 0, masked: bool = True) -> _Step:
     prefix = type(model).__name__ + "."
     # one mode around forward and backward: FlopCounterMode attributes backward work to modules only when it saw
     # their forward; the backward is the difference to the forward's snapshot
-    with counter, _one_unpacked_row(masked):
+    with counter, _one_unpacked_row(masked), _no_autocast_on_meta():
         logits = model(input_ids=ids, **kwargs).logits
         forward, by_module = counter.get_total_flops(), _by_module(counter, prefix, names)
         logits.float().sum().backward()
     both = _by_module(counter, prefix, names)
     modules = {n: (by_module.get(n, 0), both.get(n, 0) - by_module.get(n, 0)) for n in names}
-    return _Step((forward, counter.get_total_flops() - forward), modules)
+    # the rotary frequency table (a bmm of inverse frequencies by positions in transformers < 5.4): computed once
+    # per batch from positions alone, no weights, no rows; not model compute, and not a per-token rate
+    rotary = sum(_by_module(counter, prefix, _rotary_modules(model)).values())
+    return _Step((forward - rotary, counter.get_total_flops() - forward), modules)
+
+
+def _rotary_modules(model) -> list[str]:
+    return [name for name, m in model.named_modules() if name and type(m).__name__.endswith("RotaryEmbedding")]
 
 
 @contextlib.contextmanager
@@ -329,6 +337,27 @@ def _one_unpacked_row(masked: bool):
         yield
     finally:
         masking_utils.find_packed_sequence_indices = found
+
+
+@contextlib.contextmanager
+def _no_autocast_on_meta():
+    """transformers before 5.4 (the 5.3 of the Hugging Face training image) asks ``torch.is_autocast_enabled("meta")``
+    in its rotary embeddings, which torch answers with an error: autocast has no meta device. The answer is known
+    (no autocast: the measured step runs none) and given while the step runs; newer transformers never ask."""
+    import torch
+
+    try:
+        torch.is_autocast_enabled("meta")
+        yield
+        return
+    except RuntimeError:
+        pass
+    asked = torch.is_autocast_enabled
+    torch.is_autocast_enabled = lambda *args: False if args and args[0] == "meta" else asked(*args)
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled = asked
 
 
 def _by_module(counter, prefix: str, names) -> dict[str, int]:
@@ -353,7 +382,7 @@ def _shape(model) -> _Shape:
                 for i in range(n_layers)
             ]
             layers = tuple((f"{name}.{i}", w) for i, w in enumerate(windows))
-        if experts > 1 and _is_experts(module, experts) and not hasattr(module, "_is_expert_parallel"):
+        if experts > 1 and _is_experts(module, experts) and not _dispatches(module):
             if type(module).__name__ not in _DENSE_EXPERTS:
                 raise MeterError(
                     f"experts module {type(module).__name__} does not dispatch through transformers' "
@@ -367,6 +396,13 @@ def _shape(model) -> _Shape:
 
 # experts modules that run every expert on every token (the router zeroes the unrouted ones' contribution)
 _DENSE_EXPERTS = frozenset({"Llama4TextExperts"})
+
+
+def _dispatches(module) -> bool:
+    """Whether an experts module runs through transformers' ``use_experts_implementation`` (its forward is the
+    decorator's dispatcher, in every transformers 5 release), so ``batched_mm`` is what it runs on the meta copy."""
+    code = getattr(type(module).forward, "__code__", None)
+    return code is not None and Path(code.co_filename).parts[-2:] == ("integrations", "moe.py")
 
 
 def _is_experts(module, experts: int) -> bool:

@@ -114,10 +114,17 @@ def build_model(config: dict[str, Any], setup: TrainingSetup, seed: int = 0):
             p.requires_grad_(bool(rx.search(name)))
     if setup.gradient_checkpointing:
         base = model.get_base_model() if setup.uses_lora else model
-        base.activation_checkpointing_enable(  # also makes the embedding output require grad, as Trainer sees it
-            activation_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing},
-            every_n_layers=setup.checkpoint_every_n_layers,
-        )
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.23 (every_n_layers)
+            base.activation_checkpointing_enable(  # also makes the embedding output require grad, as Trainer sees it
+                activation_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing},
+                every_n_layers=setup.checkpoint_every_n_layers,
+            )
+        elif setup.checkpoint_every_n_layers == 1:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": setup.reentrant_checkpointing}
+            )
+        else:
+            raise RuntimeError("checkpointing every n-th layer needs transformers >= 5.23")
     model.train()
     return model
 
@@ -139,11 +146,33 @@ def padded_batch(lengths: list[int], padded_to: int, vocab: int, seed: int = 0):
     return ids, mask, labels
 
 
-def measure_step(model, input_ids, attention_mask, labels) -> int:
-    """FLOPs of one forward + backward as ``torch.utils.flop_counter.FlopCounterMode`` counts them."""
+def truth_counter(**kwargs):
+    """``torch.utils.flop_counter.FlopCounterMode``, less the rotary frequency table.
+
+    transformers before 5.4 builds the rotary table with a bmm of inverse frequencies by positions (head_dim/2
+    multiply-adds per position and forward, once per batch, no weights: 1e-8 of a step at 8B); later releases
+    build it elementwise, which FlopCounterMode does not count. Training compute, as the meter defines it, is
+    the model's work on tokens: the table is left out, in every transformers release alike.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    class TruthCounter(FlopCounterMode):
+        def rotary_flops(self) -> int:
+            counts = self.get_flop_counts()
+            names = [n for n in counts if n.rsplit(".", 1)[-1].startswith("rotary_emb")]
+            outermost = [n for n in names if not any(n.startswith(o + ".") for o in names)]
+            return sum(sum(counts[n].values()) for n in outermost)
+
+        def get_total_flops(self) -> int:
+            return super().get_total_flops() - self.rotary_flops()
+
+    return TruthCounter(display=False, **kwargs)
+
+
+def measure_step(model, input_ids, attention_mask, labels) -> int:
+    """FLOPs of one forward + backward as ``torch.utils.flop_counter.FlopCounterMode`` counts them (less the
+    rotary table, see ``truth_counter``)."""
+    counter = truth_counter()
     with counter:
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         out.loss.backward()

@@ -19,18 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 
-# Installed in the containers by the training script's driver (SourceCode.requirements) and, when the image
-# lacks one, by steps/launch.py. Pinned to the versions this repository is tested with.
-REQUIREMENTS = """\
-pyyaml>=6
-jsonschema>=4.18
-rich>=13
-nvidia-ml-py>=12
-transformers==5.23.0
-peft==0.21.0
-"""
-
-
 @dataclass(frozen=True)
 class Artifact:
     name: str
@@ -72,11 +60,12 @@ def read_tree(path: str | Path) -> dict[str, bytes]:
 
 
 def code_bundle() -> Artifact:
-    """meter/ and steps/ as the containers import them, plus requirements.txt."""
+    """meter/ and steps/ as the containers import them (steps/vendor: wheels of what an image may lack). No
+    requirements.txt: SageMaker's driver would pip-install it over the image's own libraries, and a VPC without
+    internet cannot reach PyPI."""
     files = {
         f"{package}/{rel}": data for package in ("meter", "steps") for rel, data in read_tree(ROOT / package).items()
     }
-    files["requirements.txt"] = REQUIREMENTS.encode()
     return Artifact("code", files)
 
 

@@ -35,8 +35,10 @@ class Image:
         return dict(self.libraries).get(name)
 
 
-# Versions inside the images: aws/deep-learning-containers, huggingface/pytorch/{training,inference} Dockerfiles
-# (see the README, "Running on SageMaker"). The contract tests pin a virtual environment to these.
+# Versions inside the images, read from aws/deep-learning-containers (branch master, f06ada0e, 2026-08-19):
+# huggingface/pytorch/training/docker/2.9/py3/cu130/Dockerfile.gpu and huggingface/pytorch/inference/docker/2.6/py3/
+# Dockerfile.cpu. accelerate is not pinned in the training image (its Dockerfile declares 1.12.0 without using it).
+# `make contract` pins a virtual environment to the training image's libraries (``pins("training")``).
 IMAGES: dict[str, Image] = {
     "training": Image(
         "huggingface",
@@ -45,7 +47,16 @@ IMAGES: dict[str, Image] = {
         "ml.g5.2xlarge",
         base_framework_version="pytorch2.9.0",
         py_version="py312",
-        libraries=(("python", "3.12"), ("torch", "2.9.0"), ("transformers", "5.3.0")),
+        libraries=(
+            ("python", "3.12"),
+            ("torch", "2.9.0"),
+            ("transformers", "5.3.0"),
+            ("peft", "0.18.1"),
+            ("accelerate", "1.12.0"),
+            ("trl", "0.28.0"),
+            ("datasets", "4.5.0"),
+            ("huggingface_hub", "1.10.0"),
+        ),
     ),
     "processing": Image(
         "huggingface",
@@ -54,10 +65,22 @@ IMAGES: dict[str, Image] = {
         "ml.m5.xlarge",
         base_framework_version="pytorch2.6.0",
         py_version="py312",
-        libraries=(("python", "3.12"), ("torch", "2.6.0"), ("transformers", "5.5.3")),
+        libraries=(
+            ("python", "3.12"),
+            ("torch", "2.6.0"),
+            ("transformers", "5.5.3"),
+            ("peft", "0.18.1"),
+            ("accelerate", "1.12.0"),
+            ("huggingface_hub", "1.10.0"),
+        ),
     ),
     "inference": Image("huggingface-llm", "3.3.6", "inference", "ml.g5.2xlarge"),
 }
+
+
+def pins(kind: str) -> str:
+    """The image's Python libraries as pip requirements (what the contract environment installs)."""
+    return " ".join(f"{name}=={version}" for name, version in IMAGES[kind].libraries if name not in ("python", "torch"))
 
 
 def image_uri(kind: str, region: str) -> str:

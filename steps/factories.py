@@ -251,9 +251,8 @@ def train_with_meter_step(
         role=ctx.role,
         sagemaker_session=ctx.session,
         base_job_name="flops-meter-train",
-        source_code=SourceCode(
-            source_dir=source_dir, entry_script="steps/train_with_meter.py", requirements="requirements.txt"
-        ),
+        # no requirements: the driver would pip-install them over the image's torch and transformers
+        source_code=SourceCode(source_dir=source_dir, entry_script="steps/train_with_meter.py"),
         distributed=Torchrun(),
         compute=Compute(
             instance_type=instance_type,

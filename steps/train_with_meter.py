@@ -63,6 +63,9 @@ def build_model(recipe: Recipe):
 
 
 def main() -> int:
+    from steps.vendor import use
+
+    use()  # the bundle's wheels of what the image lacks (pynvml for the energy sampler …); no pip
     import torch
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint

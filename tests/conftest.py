@@ -81,3 +81,37 @@ def s3_store_uri(moto_endpoint):
         BillingMode="PAY_PER_REQUEST",
     )
     return f"s3://{bucket}/records-v1?table={table}&retention_days=1"
+
+
+# What the transformers of the SageMaker training image (5.3; pipelines/images.py) does differently from the release
+# the project develops on. `make contract` runs the step tests under it; these cases are marked, never hidden:
+# strict xfails fail the run the day they start to pass.
+IMAGE_TRANSFORMERS_GAPS = {
+    "checkpoint-every-2nd-layer": (
+        "skip",
+        "checkpointing every n-th layer (activation_checkpointing_enable) arrived in transformers 5.23",
+    ),
+    **dict.fromkeys(
+        ("model[gpt_neox]", "[full-gpt_neox]", "[grad ckpt-gpt_neox]"),
+        ("xfail", "transformers 5.3 names GPT-NeoX's output layer embed_out and runs its head differently"),
+    ),
+    "qwen3_next]": ("xfail", "transformers 5.3's Qwen3-Next calls .item() on meta tensors: the run is not counted"),
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    try:
+        from importlib.metadata import version
+
+        release = tuple(int(p) for p in version("transformers").split(".")[:2])
+    except Exception:  # no transformers: nothing to mark
+        return
+    if release >= (5, 23):
+        return
+    for item in items:
+        for needle, (kind, reason) in IMAGE_TRANSFORMERS_GAPS.items():
+            if needle in item.nodeid:
+                mark = (
+                    pytest.mark.skip(reason=reason) if kind == "skip" else pytest.mark.xfail(reason=reason, strict=True)
+                )
+                item.add_marker(mark)

@@ -126,3 +126,60 @@ def test_an_unpublished_region_is_a_one_line_error() -> None:
         .image("training")
         .startswith("1.dkr.ecr.us-east-1.")
     )
+
+
+# -- the training job as SageMaker runs it -------------------------------------------------------------------------
+
+
+def test_the_training_job_runs_through_the_sdks_own_drivers(tmp_path) -> None:
+    """sm_train.sh, environment.py and the torchrun driver from the definition's sm_drivers channel, with the code
+    bundle, the demo data and recipe as channels, as SageMaker lays them out. Under `make contract` the interpreter
+    is the one pinned to the training image's libraries: what the job would import there, it imports here."""
+    import sys
+    from pathlib import Path
+
+    from tests import container
+
+    governed = build()
+    opt_ml = tmp_path / "opt_ml"
+    command, env = container.prepare(governed, opt_ml)
+    drivers = opt_ml / "input" / "data" / "sm_drivers"
+    assert json.loads((drivers / "sourcecode.json").read_text())["requirements"] is None  # nothing pip-installed
+    assert not (opt_ml / "input" / "data" / "code" / "requirements.txt").exists()
+    done = container.run(command, env, opt_ml, Path(sys.executable).parent)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "Running Torchrun Driver" in log and "Installing requirements" not in log
+    record = json.loads((opt_ml / "output" / "data" / "flops_meter.json").read_text())
+    assert record["status"] == "completed" and record["flops"]["regulatory"] > 0
+    assert (opt_ml / "model" / "flops_meter.json").is_file()  # the model directory carries it too
+
+
+def test_the_bundle_never_replaces_the_images_libraries() -> None:
+    """The old failure: the bundle pinned transformers 5.23, SageMaker's driver installed it over the image's torch
+    2.5.1, and transformers 5 disables torch below 2.6. Now the bundle installs nothing, the meter's declared range
+    holds each image's versions, and each image pairs transformers 5 with a torch it accepts."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    from pipelines.code import code_bundle
+    from pipelines.images import IMAGES
+
+    assert not [f for f in code_bundle().files if f.endswith(("requirements.txt", "setup.py", "pyproject.toml"))]
+    ours = [Requirement(r) for r in importlib.metadata.requires("flops-meter")]  # as pyproject.toml declares them
+    declared = {r.name: r.specifier for r in ours if r.marker is None or r.marker.evaluate({"extra": "hf"})}
+    for kind in ("training", "processing"):
+        image = IMAGES[kind]
+        for name in ("torch", "transformers", "peft"):
+            assert declared[name].contains(image.library(name)), (kind, name, image.library(name))
+    # transformers' own declared torch requirement (its "torch" extra): the images' torch meets it; the first
+    # round's image (torch 2.5.1 under a transformers 5.23 pin) does not
+    wants = next(
+        Requirement(r).specifier
+        for r in importlib.metadata.requires("transformers")
+        if Requirement(r).name == "torch" and 'extra == "torch"' in r
+    )
+    assert all(wants.contains(IMAGES[kind].library("torch")) for kind in ("training", "processing")), wants
+    if importlib.metadata.version("transformers") == "5.23.0":
+        assert not wants.contains("2.5.1")
