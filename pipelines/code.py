@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 
+
 @dataclass(frozen=True)
 class Artifact:
     name: str
