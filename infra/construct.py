@@ -100,6 +100,7 @@ class GovernedFineTuningPipeline(Construct):
             audit_prefix=audit_prefix,
             ledger=self.ledger,
             repositories=repositories,
+            secrets=[settings["hf_token_secret_arn"]] if settings.get("hf_token_secret_arn") else [],
             model_package_group=model_package_group_name,
         )
         self.analysis_role = roles.analysis_role(self, access)

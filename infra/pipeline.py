@@ -39,6 +39,7 @@ SETTINGS = (
     "training_volume_gb",
     "processing_volume_gb",
     "spot_training",
+    "hf_token_secret_arn",
     "max_wait_seconds",
 )
 

@@ -56,6 +56,7 @@ class Access:
     audit_prefix: str
     ledger: dynamodb.ITable
     repositories: Sequence[str]  # ECR repository ARNs of the job images
+    secrets: Sequence[str] = ()  # Secrets Manager ARNs the model-loading jobs read (a Hugging Face token)
     model_package_group: str
 
 
@@ -107,6 +108,7 @@ def analysis_role(scope: Construct, a: Access) -> iam.Role:
         [
             *_job_basics(scope, a, "ProcessingJobs"),
             allow(["dynamodb:Query", "dynamodb:GetItem"], [a.ledger.table_arn]),
+            *_secrets(a),
         ],
     )
 
@@ -116,8 +118,12 @@ def training_role(scope: Construct, a: Access) -> iam.Role:
         scope,
         "TrainingRole",
         "flops-meter TrainWithMeter jobs: read code and data, write checkpoints and the model",
-        _job_basics(scope, a, "TrainingJobs"),
+        [*_job_basics(scope, a, "TrainingJobs"), *_secrets(a)],
     )
+
+
+def _secrets(a: Access) -> list[iam.PolicyStatement]:
+    return [allow(["secretsmanager:GetSecretValue"], list(a.secrets))] if a.secrets else []
 
 
 def audit_role(scope: Construct, a: Access) -> iam.Role:

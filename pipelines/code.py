@@ -74,6 +74,18 @@ def demo_dataset() -> Artifact:
     return Artifact("demo-dataset", read_tree(ROOT / "steps" / "demo" / "train.jsonl"))
 
 
+# What ModelS3Uri points at by default: a model directory's three small files, marked "not a model", so the steps
+# load BaseModelId from the Hugging Face Hub. A pipeline parameter has one default and cannot add or drop a channel.
+HUB_MARKER = b'{"flops_meter_model_source": "hub"}\n'
+
+
+def hub_model() -> Artifact:
+    return Artifact("model-from-hub", dict.fromkeys(MODEL_FILES, HUB_MARKER))
+
+
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")  # what EstimateFLOPs reads of a model
+
+
 def demo_recipe() -> Artifact:
     return Artifact("demo-recipe", read_tree(ROOT / "steps" / "recipes" / "demo.yaml"))
 

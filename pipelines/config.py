@@ -7,6 +7,7 @@ overrides any field, and the CDK app writes the file it deploys with.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class PipelineConfig:
     max_runtime_seconds: int = 24 * 3600
     training_volume_gb: int = 100  # the training job's EBS volume: model, checkpoints (NVMe instances use theirs)
     processing_volume_gb: int = 30  # EstimateFLOPs downloads the dataset; the other two steps read only the record
+    hf_token_secret_arn: str = ""  # Secrets Manager secret with a Hugging Face token (gated models from the hub)
     spot_training: bool = False  # managed spot training; an interrupted job resumes from its checkpoints
     max_wait_seconds: int = 0  # spot: how long to wait for capacity and run, in all; 0: twice max_runtime_seconds
 
@@ -68,6 +70,9 @@ class PipelineConfig:
                 raise MeterError(f"pipeline setting {name} must be positive, got {doc[name]}")
         if doc.get("max_wait_seconds", 0) and doc["max_wait_seconds"] < doc.get("max_runtime_seconds", 24 * 3600):
             raise MeterError("pipeline setting max_wait_seconds must be at least max_runtime_seconds (or 0)")
+        secret = doc.get("hf_token_secret_arn", "")
+        if secret and not re.fullmatch(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+", secret):
+            raise MeterError(f"pipeline setting hf_token_secret_arn {secret!r} is not a Secrets Manager secret ARN")
         config = cls(**doc)
         for name in ("pipeline_name", "region", "bucket", "role_arn"):
             if not getattr(config, name):

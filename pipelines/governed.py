@@ -15,7 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.code import code_bundle, demo_dataset, demo_recipe
+from pipelines.code import code_bundle, demo_dataset, demo_recipe, hub_model
 from pipelines.config import PipelineConfig
 from pipelines.registries import model_package_request, verdict_metadata
 from steps.settings import FROM_RECIPE, TRAINED
@@ -33,6 +33,13 @@ PARAMETERS: dict[str, tuple[str, Any, str]] = {
     "TrainingMethod": ("String", FROM_RECIPE, "full or lora; recipe: the recipe's own method"),
     "DatasetS3Uri": ("String", None, "S3 prefix of the training data (JSON Lines: text or input_ids)"),
     "RecipeS3Uri": ("String", None, "S3 URI of the recipe YAML (compute_flops: true)"),
+    "ModelS3Uri": (
+        "String",
+        None,
+        "S3 prefix of the model directory (config.json, tokenizer files, weights; no trailing slash): trained and "
+        "estimated from there, without the hub (network isolation, VPC without internet). Default: BaseModelId "
+        "from the Hugging Face Hub",
+    ),
     "InstanceType": ("String", "ml.m5.xlarge", "training instance type, e.g. ml.g5.2xlarge"),
     "InstanceCount": ("Integer", 1, "training instances; more than one runs torchrun across nodes"),
     "ApproachingFraction": ("Float", 0.8, "share of the threshold from which a run is reported as approaching"),
@@ -69,6 +76,7 @@ def _parameters(config: PipelineConfig) -> dict[str, Any]:
     defaults = {
         "DatasetS3Uri": config.s3(demo_dataset().key_prefix("")),
         "RecipeS3Uri": config.s3(demo_recipe().key_prefix(""), "demo.yaml"),
+        "ModelS3Uri": config.s3(hub_model().key_prefix("")),
     }
     out = {}
     for name, (kind, default, _) in PARAMETERS.items():
@@ -162,6 +170,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         code_uri = session.record(bundle)
         session.record(demo_dataset())
         session.record(demo_recipe())
+        session.record(hub_model())
         p = _parameters(config)
         ctx = StepContext(
             session=session,
@@ -174,6 +183,8 @@ def build(config: PipelineConfig | None = None) -> Governed:
             max_runtime_seconds=config.max_runtime_seconds,
             volume_size_gb=config.processing_volume_gb,
         )
+        # the steps that load models from the hub get the token's secret (never the token)
+        hub = {"HF_TOKEN_SECRET_ARN": config.hf_token_secret_arn} if config.hf_token_secret_arn else {}
         common = dict(
             base_model_id=p["BaseModelId"],
             pretrain_flops=p["PretrainFlops"],
@@ -183,7 +194,8 @@ def build(config: PipelineConfig | None = None) -> Governed:
             approaching_fraction=p["ApproachingFraction"],
         )
         estimate = estimate_flops_step(
-            ctx,
+            StepContext(**{**ctx.__dict__, "env": {**ctx.env, **hub}}),
+            model_uri=p["ModelS3Uri"],
             recipe_uri=p["RecipeS3Uri"],
             dataset_uri=p["DatasetS3Uri"],
             training_method=p["TrainingMethod"],
@@ -197,7 +209,10 @@ def build(config: PipelineConfig | None = None) -> Governed:
         # ModelTrainer wants a local source_dir, read again when the definition is rendered: keep it until then
         staged = stack.enter_context(StagedDir(bundle))
         train = train_with_meter_step(
-            StepContext(**{**ctx.__dict__, "image_uri": config.image("training"), "role": config.role("training")}),
+            StepContext(
+                **{**ctx.__dict__, "image_uri": config.image("training"), "role": config.role("training"), "env": hub}
+            ),
+            model_uri=p["ModelS3Uri"],
             recipe_uri=p["RecipeS3Uri"],
             dataset_uri=p["DatasetS3Uri"],
             source_dir=str(staged.path),

@@ -64,6 +64,9 @@ def verdict_metadata(
     }
 
 
+SERVING_ENVIRONMENT = {"HF_MODEL_ID": "/opt/ml/model"}
+
+
 def model_package_request(
     *,
     group: Any,
@@ -81,7 +84,8 @@ def model_package_request(
     request |= {
         "ModelApprovalStatus": status,
         "InferenceSpecification": {
-            "Containers": [{"Image": image, "ModelDataUrl": model_data_url}],
+            # the serving container (TGI) loads the model directory SageMaker unpacks model.tar.gz into
+            "Containers": [{"Image": image, "ModelDataUrl": model_data_url, "Environment": SERVING_ENVIRONMENT}],
             "SupportedContentTypes": ["application/json"],
             "SupportedResponseMIMETypes": ["application/json"],
         },

@@ -34,6 +34,42 @@ def training_channel(name: str) -> Path:
     return Path(os.environ.get(f"SM_CHANNEL_{name.upper()}") or opt_ml() / "input" / "data" / name)
 
 
+HUB_MARKER_KEY = "flops_meter_model_source"
+
+
+def given_model(directory: Path) -> Path | None:
+    """The model directory a step was given (its config.json), or None: load the model id from the hub (no model
+    given, or the pipeline's stand-in that says so)."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        marked = json.loads(config.read_text()).get(HUB_MARKER_KEY) == "hub"
+    except (ValueError, AttributeError):
+        return directory  # not ours: the loader reports what is wrong with it
+    return None if marked else directory
+
+
+def hub_token() -> None:
+    """The Hugging Face token for gated models, from AWS Secrets Manager (``HF_TOKEN_SECRET_ARN``: a secret holding
+    the token, or JSON with an ``HF_TOKEN`` key), into ``HF_TOKEN`` where the hub client reads it. Never logged."""
+    arn = os.environ.get("HF_TOKEN_SECRET_ARN")
+    if not arn or os.environ.get("HF_TOKEN"):
+        return
+    try:
+        import boto3
+
+        secret = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    except Exception as e:  # any failure: one line naming the secret, never a traceback
+        problem = f"{type(e).__name__}: {e}".split("\n")[0]
+        raise MeterError(f"cannot read the Hugging Face token from {arn}: {problem}") from None
+    try:
+        token = json.loads(secret)["HF_TOKEN"]
+    except (ValueError, KeyError, TypeError):
+        token = secret.strip()
+    os.environ["HF_TOKEN"] = token
+
+
 def model_dir() -> Path:
     return Path(os.environ.get("SM_MODEL_DIR") or opt_ml() / "model")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
+from pathlib import Path
 
 from meter.catalog import resolve_model
 from meter.compliance import classify
@@ -19,7 +21,16 @@ from meter.recipe import load_recipe
 from meter.spec import spec_from_config
 from meter.thresholds import rule_text
 from meter.tokens import TokenStats
-from steps.common import flag, one_file, processing_input, processing_output, run_step, write_json
+from steps.common import (
+    flag,
+    given_model,
+    hub_token,
+    one_file,
+    processing_input,
+    processing_output,
+    run_step,
+    write_json,
+)
 from steps.data import sequences, tokenizer_for
 from steps.settings import Recipe
 
@@ -72,10 +83,19 @@ def world_size(args: argparse.Namespace) -> tuple[int, str | None]:
     )
 
 
-def model_config(recipe: Recipe) -> tuple[dict, str]:
-    local = processing_input("model") / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text()), recipe.base_model_id
+def model_source() -> Path | None:
+    """The model's config.json and tokenizer files from the ModelS3Uri inputs, in one directory; None: the hub."""
+    model = given_model(processing_input("model"))
+    if model is not None:
+        for name in ("tokenizer", "tokenizer-config"):
+            for path in sorted(processing_input(name).glob("*")) if processing_input(name).is_dir() else ():
+                shutil.copy(path, model / path.name)
+    return model
+
+
+def model_config(recipe: Recipe, model: Path | None) -> tuple[dict, str]:
+    if model is not None:
+        return json.loads((model / "config.json").read_text()), recipe.base_model_id
     resolved = resolve_model(recipe.base_model_id)
     return resolved.config, resolved.name
 
@@ -88,11 +108,12 @@ def main() -> int:
         method=args.training_method,
     )
     recipe.check_trained()  # here, before the training instance starts
-    config, name = model_config(recipe)
+    hub_token()
+    model = model_source()
+    config, name = model_config(recipe, model)
     spec = spec_from_config(config, name=name)
-    model_dir = processing_input("model")
     tokenizer = tokenizer_for(
-        recipe.base_model_id, model_dir if (model_dir / "tokenizer_config.json").is_file() else None
+        recipe.base_model_id, model if model is not None and (model / "tokenizer_config.json").is_file() else None
     )
     lengths = [len(s) for s in sequences(processing_input("dataset"), tokenizer, recipe.max_length)]
     notes = []

@@ -179,14 +179,24 @@ def estimate_flops_step(
     instance_count: Any = 1,
     lineage: Any = "",
     store_uri: Any = "",
+    model_uri: Any = None,
     name: str = "EstimateFLOPs",
 ):
-    """ProcessingStep: the planned count and the threshold; PropertyFile ``EstimateReport`` (estimate.json)."""
+    """ProcessingStep: the planned count and the threshold; PropertyFile ``EstimateReport`` (estimate.json).
+
+    ``model_uri``: the model directory's S3 prefix (no trailing slash): only its config.json, tokenizer.json and
+    tokenizer_config.json are downloaded, never the weights."""
+    from sagemaker.core.workflow.functions import Join
+
+    model = {}
+    if model_uri is not None:
+        files = {"model": "config.json", "tokenizer": "tokenizer.json", "tokenizer-config": "tokenizer_config.json"}
+        model = {name: Join(on="/", values=[model_uri, file]) for name, file in files.items()}
     return _processing_step(
         ctx,
         name,
         "steps.estimate_flops",
-        {"recipe": recipe_uri, "dataset": dataset_uri},
+        {"recipe": recipe_uri, "dataset": dataset_uri, **model},
         ["estimate"],
         [
             arg("base-model-id", base_model_id),

@@ -19,6 +19,8 @@ from meter.recipe import load_recipe
 from steps.common import (
     checkpoint_dir,
     flag,
+    given_model,
+    hub_token,
     hyperparameters,
     model_dir,
     one_file,
@@ -34,8 +36,8 @@ def build_model(recipe: Recipe):
     import torch
     from transformers import AutoModelForCausalLM
 
-    local = training_channel("model")
-    if recipe.base_model_id in DEMO_MODELS and not (local / "config.json").is_file():
+    local = given_model(training_channel("model"))
+    if recipe.base_model_id in DEMO_MODELS and local is None:
         from meter.catalog import resolve_model
         from meter.measure import model_from_config
 
@@ -45,7 +47,7 @@ def build_model(recipe: Recipe):
         )
         model.config._name_or_path = recipe.base_model_id
     else:
-        source = str(local) if (local / "config.json").is_file() else recipe.base_model_id
+        source = str(local) if local is not None else recipe.base_model_id
         model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=recipe.attn_implementation)
         model.config._name_or_path = recipe.base_model_id  # the id, not a container path: the table is keyed by it
     if recipe.method == "lora":
@@ -60,6 +62,19 @@ def build_model(recipe: Recipe):
             ),
         )  # fmt: skip
     return model
+
+
+def save_servable(trainer, out, tokenizer) -> None:
+    """A LoRA run's model directory, as a serving container loads it: the adapter merged into the base weights at
+    the top (config.json, safetensors, tokenizer), and the adapter alone under ``adapter/`` (to serve it on the
+    base model instead, or to audit it)."""
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.model
+    model.save_pretrained(str(out / "adapter"))
+    model.merge_and_unload().save_pretrained(str(out))
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
 
 
 def main() -> int:
@@ -82,16 +97,12 @@ def main() -> int:
         method=hps.get("training_method"),
     )
     recipe.check_trained()
+    hub_token()
     model = build_model(recipe)
-    tokenizer_source = (
-        training_channel("model") if (training_channel("model") / "tokenizer_config.json").is_file() else None
-    )
-    rows = [
-        {"input_ids": s}
-        for s in sequences(
-            training_channel("train"), tokenizer_for(recipe.base_model_id, tokenizer_source), recipe.max_length
-        )
-    ]
+    local = given_model(training_channel("model"))
+    tokenizer_source = local if local is not None and (local / "tokenizer_config.json").is_file() else None
+    tokenizer = tokenizer_for(recipe.base_model_id, tokenizer_source)
+    rows = [{"input_ids": s} for s in sequences(training_channel("train"), tokenizer, recipe.max_length)]
 
     meter_options = dict(recipe.flops_meter)
     pretrain = hps.get("pretrain_flops") or os.environ.get("PRETRAIN_FLOPS")
@@ -124,7 +135,12 @@ def main() -> int:
     trainer.train(resume_from_checkpoint=last)
     out = model_dir()
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))
+    if recipe.method == "lora":
+        save_servable(trainer, out, tokenizer)
+    else:
+        trainer.save_model(str(out))
+        if trainer.is_world_process_zero() and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(out))
     record = output_data_dir() / "flops_meter.json"
     if not trainer.is_world_process_zero():
         return 0

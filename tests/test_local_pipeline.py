@@ -115,6 +115,22 @@ def test_lora_counts_differently_with_the_same_verdict_logic(demo, tmp_path) -> 
         lora_report["regulatory_flops"]
         == property_file(lora, "EstimateFLOPs", "EstimateReport")["planned_regulatory_flops"]
     )
+    # what is registered can be served: the adapter merged into a whole model at the top (TGI loads HF_MODEL_ID
+    # /opt/ml/model, where SageMaker unpacks model.tar.gz), the adapter alone under adapter/
+    import tarfile
+
+    from transformers import AutoModelForCausalLM
+
+    archive = lora.run_dir / "steps" / "TrainWithMeter" / "model.tar.gz"
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "served", filter="data")
+    assert {"config.json", "model.safetensors", "adapter/adapter_config.json", "flops_meter.json"} <= {
+        n.removeprefix("./") for n in names
+    }
+    assert not (tmp_path / "served" / "adapter_config.json").exists()
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "served")
+    assert not any("lora" in name for name, _ in served.named_parameters())
 
 
 def test_progress_and_logs(demo) -> None:

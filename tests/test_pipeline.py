@@ -159,6 +159,7 @@ def test_structure_four_steps_gates_and_registration(doc) -> None:
     assert register["ModelApprovalStatus"] == "PendingManualApproval"
     # the group the deployed roles allow, fixed: a free-text parameter failed at RegisterModel after training
     assert register["ModelPackageGroupName"] == "flops-meter-models"
+    assert register["InferenceSpecification"]["Containers"][0]["Environment"] == {"HF_MODEL_ID": "/opt/ml/model"}
     assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {
         "Get": "Steps.TrainWithMeter.ModelArtifacts.S3ModelArtifacts"
     }
