@@ -268,3 +268,44 @@ def test_local_runs_and_the_audit_commands_share_one_default_store(demo, tmp_pat
     monkeypatch.setenv("FLOPS_METER_STORE", "file://elsewhere")
     assert local_store_uri(Path(DEFAULT_HOME)) == "file://elsewhere"
     assert local_store_uri(Path(DEFAULT_HOME), "file://given") == "file://given"
+
+
+def test_a_model_from_s3_trains_and_plans_without_the_hub(tmp_path) -> None:
+    """ModelS3Uri: a private model directory in S3 (weights, config, tokenizer), no hub access at all."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from pipelines.config import PipelineConfig
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    text = (ROOT / "steps" / "demo" / "train.jsonl").read_text()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    bucket = PipelineConfig().bucket
+    model_dir = tmp_path / "objects" / bucket / "models" / "private-llama"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # any hub access fails
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        run = run_governed(
+            tmp_path,
+            {"BaseModelId": "acme/private-llama", "ModelS3Uri": f"s3://{bucket}/models/private-llama",
+             "PretrainFlops": "1e21"},
+            quiet=True,
+        )  # fmt: skip
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert run.status == "Succeeded", statuses(run)
+    planned = property_file(run, "EstimateFLOPs", "EstimateReport")["planned_regulatory_flops"]
+    assert planned == property_file(run, "ClassifyCompliance", "ComplianceReport")["regulatory_flops"] > 0
+    # EstimateFLOPs received the config and tokenizer files, never the weights
+    received = run.run_dir / "steps" / "EstimateFLOPs" / "opt_ml" / "processing" / "input"
+    assert not list(received.rglob("*.safetensors")) and (received / "model" / "config.json").is_file()

@@ -27,6 +27,7 @@ PARAMETER_NAMES = [
     "TrainingMethod",
     "DatasetS3Uri",
     "RecipeS3Uri",
+    "ModelS3Uri",
     "InstanceType",
     "InstanceCount",
     "ApproachingFraction",
@@ -216,7 +217,7 @@ def test_property_files_and_step_wiring(doc) -> None:
     ]["MetricDefinitions"]
     assert train["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.InstanceCount"}
     channels = {c["ChannelName"] for c in train["InputDataConfig"]}
-    assert channels == {"train", "recipe", "code", "sm_drivers"}
+    assert channels == {"train", "recipe", "code", "sm_drivers", "model"}
 
 
 def test_definition_is_small_and_byte_identical(governed) -> None:
@@ -317,7 +318,8 @@ def test_upload_upsert_start_against_moto(account, capsys) -> None:
     first = capsys.readouterr().out
     assert f"code: s3://{name}/flops-meter/code/" in first and "uploaded" in first
     assert cli(["pipeline", "upload-code", "--config", str(account)]) == 0
-    assert capsys.readouterr().out.count("already there") == 4  # content-addressed: nothing written twice
+    # code, sm_drivers, demo dataset and recipe, the hub stand-in: content-addressed, nothing written twice
+    assert capsys.readouterr().out.count("already there") == 5
 
     s3 = boto3.client("s3", region_name="eu-west-1")
     code = build(PipelineConfig.load(account))
