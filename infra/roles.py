@@ -56,8 +56,8 @@ class Access:
     audit_prefix: str
     ledger: dynamodb.ITable
     repositories: Sequence[str]  # ECR repository ARNs of the job images
-    secrets: Sequence[str] = ()  # Secrets Manager ARNs the model-loading jobs read (a Hugging Face token)
     model_package_group: str
+    secrets: Sequence[str] = ()  # Secrets Manager ARNs the model-loading jobs read (a Hugging Face token)
 
 
 def _job_basics(scope: Construct, a: Access, job_kind: str) -> list[iam.PolicyStatement]:

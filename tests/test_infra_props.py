@@ -55,6 +55,9 @@ def test_bad_props_fail_before_anything_is_built(props, message) -> None:
         GovernedFineTuningPipeline(stack, "G", **props)
 
 
+SECRET = "arn:aws:secretsmanager:eu-central-1:123456789012:secret:hf-token-AbCdEf"
+
+
 def test_retention_and_settings_reach_the_template() -> None:
     import aws_cdk as cdk
     from aws_cdk import assertions
@@ -69,7 +72,7 @@ def test_retention_and_settings_reach_the_template() -> None:
         "G",
         pipeline_name="team-a-governed",
         audit_retention=cdk.Duration.days(400),
-        pipeline_settings={"processing_instance_type": "ml.c5.xlarge"},
+        pipeline_settings={"processing_instance_type": "ml.c5.xlarge", "hf_token_secret_arn": SECRET},
     )
     t = assertions.Template.from_stack(stack)
     t.has_resource_properties(
@@ -82,6 +85,16 @@ def test_retention_and_settings_reach_the_template() -> None:
     body = json.dumps(pipeline["Properties"]["PipelineDefinition"])
     assert body.count("ml.c5.xlarge") == 3  # EstimateFLOPs, ClassifyCompliance, PublishAudit
     assert g.names["pipeline_name"] == "team-a-governed"
+    # the token's secret: named to the two model-loading steps, readable by their roles, by no other
+    assert body.count(f'\\"HF_TOKEN_SECRET_ARN\\": \\"{SECRET}\\"') == 2
+    roles = t.find_resources("AWS::IAM::Role")
+    readers = {
+        logical for logical, role in roles.items() for policy in role["Properties"].get("Policies", [])
+        for s in policy["PolicyDocument"]["Statement"] if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])
+        and s["Resource"] == SECRET
+    }  # fmt: skip
+    assert readers == {stack.get_logical_id(g.analysis_role.node.default_child),
+                       stack.get_logical_id(g.training_role.node.default_child)}  # fmt: skip
 
 
 def test_cdk_nag_fails_the_synth_on_an_unacknowledged_finding(tmp_path) -> None:
