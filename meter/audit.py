@@ -147,6 +147,19 @@ class VerifyReport:
         return f"audit verify: BROKEN at {self.broken}: {self.reason}"
 
 
+def _ledger_differs(entry: LedgerEntry, record: dict[str, Any]) -> str | None:
+    flops = ((record.get("run") or {}).get("flops") or {}).get("regulatory")
+    for field, ledger, sealed in (
+        ("regulatory_flops", entry.regulatory_flops, int(flops) if isinstance(flops, (int, float)) else flops),
+        ("record_id", entry.record_id, record.get("record_id")),
+        ("lineage", entry.lineage, (record.get("lineage") or {}).get("id")),
+        ("previous_record_sha256", entry.previous_record_sha256, record.get("previous_record_sha256")),
+    ):
+        if ledger != sealed:
+            return f"{field} {ledger!r} differs from the record's {sealed!r}"
+    return None
+
+
 def verify_chain(entries: list[LedgerEntry], fetch) -> VerifyReport:
     """Recompute every hash and link of one lineage. ``fetch(entry)`` returns the stored bytes or None."""
     previous: str | None = None
@@ -165,5 +178,9 @@ def verify_chain(entries: list[LedgerEntry], fetch) -> VerifyReport:
             return VerifyReport(False, index - 1, name, "content does not match its SHA-256 (altered)")
         if record.get("previous_record_sha256") != previous or record.get("sequence") != entry.sequence:
             return VerifyReport(False, index - 1, name, "chain link broken: previous record differs")
+        # the ledger is what sums and verdicts are read from: each of its fields must be the record's
+        differs = _ledger_differs(entry, record)
+        if differs:
+            return VerifyReport(False, index - 1, name, f"the ledger's {differs} (the ledger was altered)")
         previous = entry.record_sha256
     return VerifyReport(True, len(entries))

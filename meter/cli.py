@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver = asub.add_parser("verify", help="recompute every hash and chain link; name the first broken record")
     ver.add_argument("--store", help=f"audit store URI (default $FLOPS_METER_STORE or {_default_store()})")
     ver.add_argument("--lineage", help="verify one lineage only")
+    ver.add_argument("--heads", help="chain heads exported earlier (audit heads): each must still be in its chain")
+    heads = asub.add_parser("heads", help="export every chain's head, to keep outside the store (JSON on stdout)")
+    heads.add_argument("--store", help="audit store URI")
     rep = sub.add_parser("report", help="a human-readable report of one audit record, with a plot")
     rep.add_argument("record", help="an audit record: its SHA-256 (or a unique prefix) in --store, or a JSON file")
     rep.add_argument("--store", help="audit store URI")
@@ -610,9 +613,23 @@ def _print_verdict(v, lineage: str, out: str) -> None:
 def cmd_audit(args) -> int:
     from meter.stores import open_store
 
-    store = open_store(args.store)
+    if args.audit_command in ("verify", "heads"):
+        # reading must not create: a typo in --store is an error, never an empty store reported intact
+        store = open_store(args.store, create=False)
+        if store is None:
+            raise MeterError(f"no audit store at {args.store or _default_store()}: give --store (or FLOPS_METER_STORE)")
+    else:
+        store = open_store(args.store)
+    if args.audit_command == "heads":
+        from meter.stores import chain_heads
+
+        print(json.dumps(chain_heads(store), indent=2))
+        return 0
     if args.audit_command == "verify":
-        report = store.verify(args.lineage)
+        heads = _read_json(args.heads, "exported chain heads") if args.heads else None
+        if heads is not None and heads.get("record_type") != "flops_meter.heads":
+            raise MeterError(f"{args.heads} is not an export of chain heads: write one with flops-meter audit heads")
+        report = store.verify(args.lineage, heads=heads) if heads is not None else store.verify(args.lineage)
         print(report.line())
         return 0 if report.ok else 1
     if args.audit_command == "show":
@@ -677,14 +694,21 @@ def _publish(args, store) -> int:
     code = {"git_commit": args.git_commit, "container_image": args.container_image}
     published = publish(store, run, compliance, revision=args.revision, parents=args.parent, dataset=dataset, code=code)
     record = published.record
+    # a verdict that needs a person's decision goes to the approvals queue, as from the pipeline's PublishAudit
+    from meter.flagged import flagged_item
+
+    item = flagged_item(record, published.uri)
+    if item is not None:
+        store.put_document("flagged", item["id"], item)
     if args.json:
-        print(
-            json.dumps({"uri": published.uri, "record_sha256": record["record_sha256"], "created": published.created})
-        )
+        print(json.dumps({"uri": published.uri, "record_sha256": record["record_sha256"],
+                          "created": published.created, "flagged_item": item["id"] if item else None}))  # fmt: skip
     else:
         state = "published" if published.created else "already published (identical): nothing written"
         print(f"{state}: {published.uri}")
         print(f"  lineage {record['lineage']['id']} #{record['sequence']}, verdict {record['verdict']['status']}")
+        if item is not None:
+            print(f"  flagged item {item['id']}: a decision is needed (flops-meter approvals show {item['id']})")
     return 0
 
 

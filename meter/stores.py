@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import re
 import sqlite3
 import time
@@ -29,14 +30,22 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
-from meter.audit import LedgerEntry, VerifyReport, canonical_json, content_hash, seal, verify_chain
+from meter.audit import (
+    LedgerEntry,
+    VerifyReport,
+    canonical_json,
+    content_hash,
+    record_hash,
+    seal,
+    verify_chain,
+)
 from meter.errors import MeterError
 
 # One local home for `pipeline run --local`, `audit` and `approvals`, so they work one after another from the same
 # directory with no flags; FLOPS_METER_STORE or --store point them all elsewhere.
 DEFAULT_HOME = "flops-meter-local"
 DEFAULT_STORE = f"file://./{DEFAULT_HOME}/audit"
-_RETRIES = 8
+_RETRIES = 30  # appends to one lineage race for its next sequence number: the loser waits (backoff, jitter)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,9 @@ class AuditStore(Protocol):
     def lineage_flops(self, lineage: str) -> int: ...
     def entries(self, lineage: str | None = None) -> list[LedgerEntry]: ...
     def get(self, sha: str) -> dict[str, Any]: ...
-    def verify(self, lineage: str | None = None) -> VerifyReport: ...
+    def verify(self, lineage: str | None = None, heads: dict[str, Any] | None = None) -> VerifyReport: ...
+    def stored_records(self) -> set[str]: ...
+    def storage_problem(self) -> tuple[str, str] | None: ...
     def put_document(self, kind: str, name: str, doc: dict[str, Any]) -> tuple[str, bool]: ...
     def get_document(self, kind: str, name: str) -> dict[str, Any] | None: ...
     def documents(self, kind: str) -> list[dict[str, Any]]: ...
@@ -122,17 +133,81 @@ def open_store(uri: str | None = None, *, create: bool = True) -> AuditStore | N
     raise MeterError(f"audit store {uri!r}: use file://DIR or s3://BUCKET/PREFIX?table=NAME")
 
 
-def _verify_all(store: AuditStore, lineage: str | None, fetch) -> VerifyReport:
+def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, Any] | None = None) -> VerifyReport:
+    """Every chain (hashes, links, the ledger's fields), the store against its ledger, the exported heads, the
+    flagged items and the decisions. The first problem found is reported."""
     entries = store.entries(lineage)
     if lineage is not None and not entries:
         return VerifyReport(False, 0, lineage, "no record of this lineage in the store")
+    stored = store.stored_records() if lineage is None else set()
+    if not entries and not stored:
+        return VerifyReport(False, 0, store.uri, "the store holds no record: a wrong --store, or the store was emptied")
     checked = 0
     for name in sorted({e.lineage for e in entries}):
         report = verify_chain([e for e in entries if e.lineage == name], fetch)
         if not report.ok:
             return VerifyReport(False, checked + report.checked, report.broken, report.reason)
         checked += report.checked
-    return _verify_decisions(store, lineage, {e.record_sha256 for e in entries}, checked)
+    known = {e.record_sha256 for e in entries}
+    # a record in the store that the ledger does not list: its ledger entry was removed (a truncated chain, a
+    # replaced end, a run published twice)
+    for sha in sorted(stored - known):
+        return VerifyReport(False, checked, sha[:12], "a record in the store is not in the ledger (its entry removed)")
+    problem = store.storage_problem()
+    if problem:
+        return VerifyReport(False, checked, *problem)
+    problem = _against_heads(entries, heads) if heads is not None else None
+    if problem:
+        return VerifyReport(False, checked, *problem)
+    problem = _verify_flagged(store, lineage, entries)
+    if problem:
+        return VerifyReport(False, checked, *problem)
+    return _verify_decisions(store, lineage, known, checked)
+
+
+def chain_heads(store: AuditStore) -> dict[str, Any]:
+    """The head of every chain, to keep outside the store (print it, mail it, put it in another account):
+    ``audit verify --heads`` then detects a chain cut or rewritten after this export."""
+    heads: dict[str, dict[str, Any]] = {}
+    for e in store.entries():
+        if e.lineage not in heads or e.sequence > heads[e.lineage]["sequence"]:
+            heads[e.lineage] = {"sequence": e.sequence, "record_sha256": e.record_sha256}
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"record_type": "flops_meter.heads", "store": store.uri, "exported_at": now, "heads": heads}
+
+
+def _against_heads(entries: list[LedgerEntry], exported: dict[str, Any]) -> tuple[str, str] | None:
+    at = {(e.lineage, e.sequence): e.record_sha256 for e in entries}
+    for lineage, head in sorted((exported.get("heads") or {}).items()):
+        if at.get((lineage, head.get("sequence"))) != head.get("record_sha256"):
+            return f"{lineage}#{head.get('sequence')}", (
+                f"the chain no longer holds the head exported at {exported.get('exported_at')} "
+                f"({str(head.get('record_sha256'))[:12]}): cut or rewritten since"
+            )
+    return None
+
+
+def _verify_flagged(store: AuditStore, lineage: str | None, entries: list[LedgerEntry]) -> tuple[str, str] | None:
+    """Each flagged item says what its record says; each record whose verdict needs a decision has its item."""
+    from meter.flagged import FLAGGED_STATUSES, item_id
+
+    items = {i.get("id"): i for i in store.documents("flagged")}
+    for e in sorted(entries, key=lambda e: (e.lineage, e.sequence)):
+        record = store.get(e.record_sha256)
+        status = record["verdict"]["status"]
+        item = items.pop(item_id(e.record_sha256), None)
+        if item is None:
+            if status in FLAGGED_STATUSES:
+                return f"record {e.record_sha256[:12]}", (
+                    f"its verdict {status} needs a decision, but its flagged item is missing (deleted?)"
+                )
+            continue
+        if item.get("record_sha256") != e.record_sha256 or item.get("verdict") != status:
+            return f"flagged item {item.get('id')}", "it does not say what its record says (altered)"
+    if lineage is None:
+        for name in sorted(items, key=str):
+            return f"flagged item {name}", "it names no record of the ledger (forged)"
+    return None
 
 
 def _verify_decisions(store: AuditStore, lineage: str | None, known: set[str], checked: int) -> VerifyReport:
@@ -283,12 +358,18 @@ class FileStore:
             raise MeterError(f"no record {sha} in {self.uri}")
         return json.loads(path.read_bytes())
 
-    def verify(self, lineage: str | None = None) -> VerifyReport:
+    def verify(self, lineage: str | None = None, heads: dict[str, Any] | None = None) -> VerifyReport:
         def fetch(entry: LedgerEntry) -> bytes | None:
             path = self.path(entry.record_sha256)
             return path.read_bytes() if path.is_file() else None
 
-        return _verify_all(self, lineage, fetch)
+        return _verify_all(self, lineage, fetch, heads)
+
+    def stored_records(self) -> set[str]:
+        return {p.stem for p in self.records.glob("*.json")}
+
+    def storage_problem(self) -> tuple[str, str] | None:
+        return None  # files: nothing more to ask of them (see the README: what a local store can and cannot show)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -328,7 +409,7 @@ class S3Store:
 
         existing = self._by_record_id(draft["record_id"])
         if existing is not None:
-            return _duplicate(self.get(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
+            return _duplicate(self._completed(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
         lineage = draft["lineage"]["id"]
         for attempt in range(_RETRIES):
             if verdict_for is None:
@@ -338,11 +419,11 @@ class S3Store:
                 head = (chain[-1].sequence, chain[-1].record_sha256) if chain else (0, None)
                 draft = {**draft, "verdict": verdict_for(sum(e.regulatory_flops for e in chain))}
             record = seal(draft, sequence=head[0] + 1, previous=head[1])
-            sha = record["record_sha256"]
-            self._put_object(sha, canonical_json(record))
+            sha, body = record["record_sha256"], canonical_json(record)
             try:
-                self._call(self.ddb.transact_write_items, TransactItems=self._ledger_items(record))
-                return Published(record, f"s3://{self.bucket}/{self.key(sha)}", created=True)
+                # the claim first, the locked object after: a lost race leaves no orphan object behind; the
+                # ledger entry carries the record, so a publisher stopped in between is completed by a retry
+                self._call(self.ddb.transact_write_items, TransactItems=self._ledger_items(record, body))
             except ClientError as e:
                 if e.response["Error"]["Code"] not in (
                     "TransactionCanceledException",
@@ -351,11 +432,34 @@ class S3Store:
                     raise MeterError(f"audit ledger {self.table}: {e.response['Error']['Message']}") from None
                 existing = self._by_record_id(draft["record_id"])
                 if existing is not None:  # a concurrent retry of the same run won
-                    return _duplicate(self.get(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
-                time.sleep(0.05 * (attempt + 1))  # another run took this sequence number: rebuild on the new head
+                    return _duplicate(self._completed(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
+                # another run took this sequence number: rebuild on the new head after a random wait (full jitter:
+                # concurrent losers spread out instead of colliding again)
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                continue
+            self._put_object(sha, body)
+            return Published(record, f"s3://{self.bucket}/{self.key(sha)}", created=True)
         raise MeterError(f"audit ledger {self.table}: could not append to lineage {lineage} after {_RETRIES} tries")
 
-    def _ledger_items(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+    def _completed(self, sha: str) -> dict[str, Any]:
+        """A published record; when its object is missing (its publisher stopped between the ledger claim and the
+        write), written now from the copy its ledger entry holds, once that copy matches its hash."""
+        data = self._get_bytes(self.key(sha))
+        if data is None:
+            data = self._ledger_copy(sha)
+            if data is None or record_hash(json.loads(data)) != sha:
+                raise MeterError(f"no record {sha} in {self.uri}, and no intact copy in its ledger entry")
+            self._put_object(sha, data)
+        return json.loads(data)
+
+    def _ledger_copy(self, sha: str) -> bytes | None:
+        claim = self._call(
+            self.ddb.get_item, TableName=self.table, ConsistentRead=True,
+            Key={"lineage": {"S": f"sha#{sha}"}, "sequence": {"N": "0"}},
+        ).get("Item")  # fmt: skip
+        return claim["record"]["B"] if claim and "record" in claim else None
+
+    def _ledger_items(self, record: dict[str, Any], body: bytes) -> list[dict[str, Any]]:
         lineage, seq, sha = record["lineage"]["id"], record["sequence"], record["record_sha256"]
         entry = {
             "lineage": {"S": lineage},
@@ -369,10 +473,12 @@ class S3Store:
         if record["previous_record_sha256"]:
             entry["previous_record_sha256"] = {"S": record["previous_record_sha256"]}
         claim = {"lineage": {"S": f"record#{record['record_id']}"}, "sequence": {"N": "0"}, "record_sha256": {"S": sha}}
+        # the record itself, so that a retry can write the object a stopped publisher did not
+        copy = {"lineage": {"S": f"sha#{sha}"}, "sequence": {"N": "0"}, "record": {"B": body}}
         condition = "attribute_not_exists(lineage)"
         return [
-            {"Put": {"TableName": self.table, "Item": entry, "ConditionExpression": condition}},
-            {"Put": {"TableName": self.table, "Item": claim, "ConditionExpression": condition}},
+            {"Put": {"TableName": self.table, "Item": item, "ConditionExpression": condition}}
+            for item in (entry, claim, copy)
         ]
 
     def _create(self, key: str, body: bytes) -> bytes | None:
@@ -535,5 +641,46 @@ class S3Store:
             raise MeterError(f"no record {sha} in {self.uri}")
         return json.loads(data)
 
-    def verify(self, lineage: str | None = None) -> VerifyReport:
-        return _verify_all(self, lineage, lambda e: self._get_bytes(self.key(e.record_sha256)))
+    def verify(self, lineage: str | None = None, heads: dict[str, Any] | None = None) -> VerifyReport:
+        return _verify_all(self, lineage, lambda e: self._get_bytes(self.key(e.record_sha256)), heads)
+
+    def _keys(self, prefix: str, versions: bool = False) -> list[dict[str, Any]]:
+        from botocore.exceptions import ClientError
+
+        kind = "list_object_versions" if versions else "list_objects_v2"
+        try:
+            pages = self._call(lambda: list(self.s3.get_paginator(kind).paginate(Bucket=self.bucket, Prefix=prefix)))
+        except ClientError as e:
+            error = e.response["Error"]
+            raise MeterError(f"audit store {self.uri}: {error.get('Code')}: {error.get('Message', '')}") from None
+        if not versions:
+            return [o for page in pages for o in page.get("Contents", [])]
+        return [
+            {**o, "DeleteMarker": kind == "DeleteMarkers"}
+            for page in pages
+            for kind in ("Versions", "DeleteMarkers")
+            for o in page.get(kind, [])
+        ]
+
+    def stored_records(self) -> set[str]:
+        prefix = self.key("x")[: -len("x.json")]
+        return {o["Key"][len(prefix) : -len(".json")] for o in self._keys(prefix) if o["Key"].endswith(".json")}
+
+    def storage_problem(self) -> tuple[str, str] | None:
+        """Write-once documents have exactly one version (a second one, or a delete marker, is tampering that
+        Object Lock kept but that would hide the original), and the bucket still locks in COMPLIANCE mode."""
+        seen: dict[str, int] = {}
+        for version in self._keys(f"{self.prefix}/" if self.prefix else "", versions=True):
+            key = version["Key"]
+            if version["DeleteMarker"]:
+                return f"s3://{self.bucket}/{key}", "a delete marker hides a write-once document (tampering)"
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > 1:
+                return f"s3://{self.bucket}/{key}", "a write-once document has more than one version (overwritten)"
+        if self.retention_days is None:  # records take the bucket's default retention: it must still be there
+            self._bucket_lock_checked = False
+            try:
+                self._check_bucket_lock()
+            except MeterError as e:
+                return f"s3://{self.bucket}", str(e)
+        return None
