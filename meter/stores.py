@@ -24,6 +24,7 @@ import random
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,9 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, 
             return VerifyReport(False, checked + report.checked, report.broken, report.reason)
         checked += report.checked
     known = {e.record_sha256 for e in entries}
+    twice = sorted(run for run, n in Counter(e.record_id for e in entries).items() if n > 1)
+    if twice:  # its publication claim was removed and the run published again
+        return VerifyReport(False, checked, f"run {twice[0]}", "published twice (a record#<run> claim was removed)")
     # a record in the store that the ledger does not list: its ledger entry was removed (a truncated chain, a
     # replaced end, a run published twice)
     for sha in sorted(stored - known):
@@ -156,7 +160,7 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, 
     problem = store.storage_problem()
     if problem:
         return VerifyReport(False, checked, *problem)
-    problem = _against_heads(entries, heads) if heads is not None else None
+    problem = _against_heads(store, entries, heads) if heads is not None else None
     if problem:
         return VerifyReport(False, checked, *problem)
     problem = _verify_flagged(store, lineage, entries)
@@ -173,17 +177,30 @@ def chain_heads(store: AuditStore) -> dict[str, Any]:
         if e.lineage not in heads or e.sequence > heads[e.lineage]["sequence"]:
             heads[e.lineage] = {"sequence": e.sequence, "record_sha256": e.record_sha256}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"record_type": "flops_meter.heads", "store": store.uri, "exported_at": now, "heads": heads}
+    decisions = {d.get("item_id"): d.get("decision_sha256") for d in store.documents("decisions")}
+    flagged = {i.get("id"): i.get("record_sha256") for i in store.documents("flagged")}
+    return {"record_type": "flops_meter.heads", "store": store.uri, "exported_at": now, "heads": heads,
+            "decisions": decisions, "flagged": flagged}  # fmt: skip
 
 
-def _against_heads(entries: list[LedgerEntry], exported: dict[str, Any]) -> tuple[str, str] | None:
+def _against_heads(store: AuditStore, entries: list[LedgerEntry], exported: dict[str, Any]) -> tuple[str, str] | None:
+    """What an export of the heads anchors: each chain up to its exported head, each decision and flagged item."""
     at = {(e.lineage, e.sequence): e.record_sha256 for e in entries}
+    when = exported.get("exported_at")
     for lineage, head in sorted((exported.get("heads") or {}).items()):
         if at.get((lineage, head.get("sequence"))) != head.get("record_sha256"):
             return f"{lineage}#{head.get('sequence')}", (
-                f"the chain no longer holds the head exported at {exported.get('exported_at')} "
+                f"the chain no longer holds the head exported at {when} "
                 f"({str(head.get('record_sha256'))[:12]}): cut or rewritten since"
             )
+    decisions = {d.get("item_id"): d.get("decision_sha256") for d in store.documents("decisions")}
+    for item, sha in sorted((exported.get("decisions") or {}).items()):
+        if decisions.get(item) != sha:
+            return f"decision on item {item}", f"not the decision exported at {when}: deleted or replaced since"
+    flagged = {i.get("id"): i.get("record_sha256") for i in store.documents("flagged")}
+    for item, sha in sorted((exported.get("flagged") or {}).items()):
+        if flagged.get(item) != sha:
+            return f"flagged item {item}", f"not the item exported at {when}: deleted or replaced since"
     return None
 
 
