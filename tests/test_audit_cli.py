@@ -188,3 +188,36 @@ def test_concurrent_publishers_seal_what_their_total_gives(capsys, tmp_path, req
     assert [v["cumulative_flops"] for v in verdicts] == [10**23, 2 * 10**23, 3 * 10**23, 4 * 10**23]
     assert [v["status"] for v in verdicts] == ["downstream_modifier", "approaching", "gpai_provider", "gpai_provider"]
     assert all(any("Recomputed at publication" in n for n in v["notes"]) for v in verdicts[1:])
+
+
+def test_verify_refuses_a_missing_store_and_an_empty_one(capsys, tmp_path) -> None:
+    """A typo in --store used to create an empty store and report it intact."""
+    typo = tmp_path / "audti"
+    code, out, err = cli(capsys, "audit", "verify", "--store", f"file://{typo}")
+    assert code == 2 and "no audit store at" in err and err.count("\n") == 1 and not typo.exists()
+    FileStore(tmp_path / "empty")
+    code, out, _ = cli(capsys, "audit", "verify", "--store", f"file://{tmp_path / 'empty'}")
+    assert code == 1 and "holds no record" in out
+
+
+def test_the_cli_flags_what_needs_a_decision_and_heads_anchor_the_chain(capsys, tmp_path, runs) -> None:
+    store = f"file://{tmp_path / 'audit'}"
+    for path in runs:
+        assert cli(capsys, "audit", "publish", str(path), "--store", store, "--lineage", "acme/bot")[0] == 0
+    flagged = sorted(p.stem for p in (tmp_path / "audit" / "flagged").glob("*.json"))
+    assert len(flagged) == 2  # approaching, then gpai_provider: both in the approvals queue
+    code, heads, _ = cli(capsys, "audit", "heads", "--store", store)
+    assert code == 0 and json.loads(heads)["heads"]["acme/bot"]["sequence"] == 3
+    (tmp_path / "heads.json").write_text(heads)
+    assert cli(capsys, "audit", "verify", "--store", store, "--heads", str(tmp_path / "heads.json"))[0] == 0
+    # an insider cuts the last record consistently (file, ledger row, flagged item): only the heads show it
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "audit" / "ledger.sqlite") as db:
+        (sha,) = db.execute("SELECT record_sha256 FROM ledger WHERE sequence = 3").fetchone()
+        db.execute("DELETE FROM ledger WHERE sequence = 3")
+    (tmp_path / "audit" / "records" / f"{sha}.json").unlink()
+    (tmp_path / "audit" / "flagged" / f"{sha[:12]}.json").unlink()
+    assert cli(capsys, "audit", "verify", "--store", store)[0] == 0
+    code, out, _ = cli(capsys, "audit", "verify", "--store", store, "--heads", str(tmp_path / "heads.json"))
+    assert code == 1 and "acme/bot#3" in out and "cut or rewritten" in out
