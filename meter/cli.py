@@ -634,7 +634,7 @@ def cmd_audit(args) -> int:
         return 0 if report.ok else 1
     if args.audit_command == "show":
         sha = _resolve_sha(store, args.record)
-        record = store.get(sha)
+        record = _intact(store.get(sha), sha)
         if args.json:
             print(json.dumps(record, indent=2))
         else:
@@ -658,14 +658,25 @@ def cmd_report(args) -> int:
         record = _read_json(args.record, "audit record")
         if record.get("record_type") != "flops_meter.audit":
             raise MeterError(f"{args.record} is not an audit record: publish the run first (flops-meter audit publish)")
+        record = _intact(record, record.get("record_sha256"))
     else:
         from meter.stores import open_store
 
         store = open_store(args.store)
-        record = store.get(_resolve_sha(store, args.record))
+        sha = _resolve_sha(store, args.record)
+        record = _intact(store.get(sha), sha)
     written = write_report(record, Path(args.out or f"report.{args.format}"), args.format)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _intact(record: dict, sha: str | None) -> dict:
+    """Never show or report an altered record as if it were the one published."""
+    from meter.audit import record_hash
+
+    if not isinstance(record, dict) or record_hash(record) != sha or record.get("record_sha256") != sha:
+        raise MeterError(f"record {str(sha)[:12]} does not match its SHA-256: it was altered (see audit verify)")
+    return record
 
 
 def _resolve_sha(store, prefix: str) -> str:

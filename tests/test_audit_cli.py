@@ -221,3 +221,16 @@ def test_the_cli_flags_what_needs_a_decision_and_heads_anchor_the_chain(capsys, 
     assert cli(capsys, "audit", "verify", "--store", store)[0] == 0
     code, out, _ = cli(capsys, "audit", "verify", "--store", store, "--heads", str(tmp_path / "heads.json"))
     assert code == 1 and "acme/bot#3" in out and "cut or rewritten" in out
+
+
+def test_show_and_report_refuse_an_altered_record(capsys, tmp_path, runs) -> None:
+    store = f"file://{tmp_path / 'audit'}"
+    assert cli(capsys, "audit", "publish", str(runs[0]), "--store", store)[0] == 0
+    (path,) = (tmp_path / "audit" / "records").glob("*.json")
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes().replace(b"100000000000000000000000", b"100000000000000000000001"))
+    for argv in (("audit", "show", path.stem[:8]), ("report", path.stem[:8], "--format", "md")):
+        code, _, err = cli(capsys, *argv, "--store", store)
+        assert code == 2 and "does not match its SHA-256: it was altered" in err, argv
+    code, _, err = cli(capsys, "report", str(path), "--format", "md", "--out", str(tmp_path / "r.md"))
+    assert code == 2 and "altered" in err and not (tmp_path / "r.md").exists()
