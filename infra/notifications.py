@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import Duration, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -25,6 +27,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.roles import allow, least_privilege_role
@@ -57,11 +60,47 @@ def function_source() -> Path:
     return staged
 
 
+def dead_letters(scope: Construct, key: kms.IKey) -> sqs.Queue:
+    """Where approval events go when the function fails after its retries (EventBridge and Lambda would otherwise
+    drop them): kept 14 days, and an alarm tells the approvers."""
+    return sqs.Queue(
+        scope,
+        "ApprovalDeadLetters",
+        encryption=sqs.QueueEncryption.KMS,
+        encryption_master_key=key,
+        enforce_ssl=True,
+        retention_period=Duration.days(14),
+    )
+
+
+def alarms(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, topic: sns.ITopic) -> list[cloudwatch.Alarm]:
+    """The approvers hear of a failing approval function and of events parked in the dead-letter queue."""
+    made = []
+    for id, metric, what in (
+        ("ApprovalFunctionErrors", fn.metric_errors(period=Duration.minutes(5)), "the approval function failed"),
+        ("ApprovalDeadLetterAlarm", queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
+         "an approval event is in the dead-letter queue: a flagged model may be missing from the queue"),
+    ):  # fmt: skip
+        alarm = metric.create_alarm(
+            scope,
+            id,
+            alarm_description=f"flops-meter: {what}",
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        alarm.add_alarm_action(actions.SnsAction(topic))
+        made.append(alarm)
+    return made
+
+
 def approval_function(
     scope: Construct,
     *,
     topic: sns.ITopic,
     key: kms.IKey,
+    dead_letter_queue: sqs.IQueue,
     audit: s3.IBucket,
     audit_prefix: str,
     audit_store_uri: str,
@@ -88,6 +127,7 @@ def approval_function(
             allow(["sns:Publish"], [topic.topic_arn]),
             allow(["sagemaker:DescribeModelPackage"], [packages]),
             allow(["logs:CreateLogStream", "logs:PutLogEvents"], [log_group.log_group_arn]),
+            allow(["sqs:SendMessage"], [dead_letter_queue.queue_arn]),
         ],
         principal=iam.ServicePrincipal("lambda.amazonaws.com"),
     )
@@ -103,18 +143,23 @@ def approval_function(
         timeout=Duration.seconds(60),
         memory_size=256,
         environment={"AUDIT_STORE_URI": audit_store_uri, "TOPIC_ARN": topic.topic_arn},
+        dead_letter_queue=dead_letter_queue,  # an asynchronous invocation that fails its retries lands there
     )
     return function, role
 
 
-def _rule(scope: Construct, id: str, description: str, pattern: events.EventPattern, fn: lambda_.IFunction):
+def _rule(scope: Construct, id: str, description: str, pattern: events.EventPattern, fn: lambda_.IFunction,
+          queue: sqs.IQueue):  # fmt: skip
     rule = events.Rule(scope, id, description=description, event_pattern=pattern)
-    # EventBridge retries a failed invocation for up to a day (a store briefly unreachable loses no message)
-    rule.add_target(targets.LambdaFunction(fn, retry_attempts=20, max_event_age=Duration.hours(24)))
+    # EventBridge retries a failed delivery for up to a day (a store briefly unreachable loses no message); what
+    # it cannot deliver goes to the dead-letter queue, never nowhere
+    rule.add_target(
+        targets.LambdaFunction(fn, retry_attempts=20, max_event_age=Duration.hours(24), dead_letter_queue=queue)
+    )
     return rule
 
 
-def blocked_rule(scope: Construct, pipeline_arn: str, fn: lambda_.IFunction) -> events.Rule:
+def blocked_rule(scope: Construct, pipeline_arn: str, fn: lambda_.IFunction, queue: sqs.IQueue) -> events.Rule:
     return _rule(
         scope,
         "BlockedRule",
@@ -129,10 +174,11 @@ def blocked_rule(scope: Construct, pipeline_arn: str, fn: lambda_.IFunction) -> 
             },
         ),
         fn,
+        queue,
     )
 
 
-def package_rule(scope: Construct, group: str, fn: lambda_.IFunction) -> events.Rule:
+def package_rule(scope: Construct, group: str, fn: lambda_.IFunction, queue: sqs.IQueue) -> events.Rule:
     return _rule(
         scope,
         "ModelPackageRule",
@@ -141,4 +187,5 @@ def package_rule(scope: Construct, group: str, fn: lambda_.IFunction) -> events.
             source=["aws.sagemaker"], detail_type=[PACKAGE_STATE], detail={"ModelPackageGroupName": [group]}
         ),
         fn,
+        queue,
     )

@@ -90,7 +90,10 @@ def least_privilege_role(
     statements: list[iam.PolicyStatement],
     principal: iam.IPrincipal = SAGEMAKER,
 ) -> iam.Role:
-    """A role whose only permissions are the given statements, inline (no managed policy)."""
+    """A role whose only permissions are the given statements, inline (no managed policy). SageMaker may assume
+    it on behalf of this account only (``aws:SourceAccount``: no confused deputy)."""
+    if principal is SAGEMAKER:
+        principal = SAGEMAKER.with_conditions({"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}})
     return iam.Role(
         scope,
         id,

@@ -15,9 +15,12 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 
-def encryption_key(scope: Construct, alias: str) -> kms.Key:
-    """Customer-managed, rotated yearly; kept on stack deletion because the audit records need it to be read."""
-    return kms.Key(
+def encryption_key(scope: Construct, alias: str, break_glass_role_arn: str | None = None) -> kms.Key:
+    """Customer-managed, rotated yearly; kept on stack deletion because the audit records need it to be read.
+
+    Nobody may schedule its deletion or disable it (an account administrator could otherwise make ten years of
+    locked records unreadable), except ``break_glass_role_arn`` when one is named."""
+    key = kms.Key(
         scope,
         "Key",
         alias=alias,
@@ -25,6 +28,18 @@ def encryption_key(scope: Construct, alias: str) -> kms.Key:
         enable_key_rotation=True,
         removal_policy=RemovalPolicy.RETAIN,
     )
+    except_break_glass = {"ArnNotEquals": {"aws:PrincipalArn": break_glass_role_arn}} if break_glass_role_arn else None
+    key.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="DenyDeletionAndDisabling",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["kms:ScheduleKeyDeletion", "kms:DisableKey"],
+            resources=["*"],
+            conditions=except_break_glass,
+        )
+    )
+    return key
 
 
 def log_bucket(scope: Construct) -> s3.Bucket:
@@ -63,7 +78,9 @@ def artifacts_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket) -> s3.Bu
     return _bucket(scope, "Artifacts", key, logs, removal_policy=RemovalPolicy.RETAIN)
 
 
-def audit_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket, retention: Duration) -> s3.Bucket:
+def audit_bucket(
+    scope: Construct, key: kms.IKey, logs: s3.IBucket, retention: Duration, prefix: str = "records"
+) -> s3.Bucket:
     """Audit records under Object Lock COMPLIANCE: no one, the root user included, can delete or overwrite a
     record version or shorten its retention before it ends."""
     bucket = _bucket(
@@ -83,6 +100,18 @@ def audit_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket, retention: D
             principals=[iam.AnyPrincipal()],
             actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
             resources=[bucket.arn_for_objects("*")],
+        )
+    )
+    # write-once: a PUT over an existing record, flagged item or decision would become its current version
+    # (Object Lock keeps the old one, but readers see the new); only conditional creates are allowed
+    bucket.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid="DenyOverwritingWriteOnceDocuments",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["s3:PutObject"],
+            resources=[bucket.arn_for_objects(f"{prefix}/*")],
+            conditions={"Null": {"s3:if-none-match": "true"}},
         )
     )
     return bucket

@@ -231,9 +231,10 @@ def test_pipeline_roles_pass_only_the_step_roles_to_sagemaker(synth) -> None:
     )
     for role in (g.analysis_role, g.training_role, g.audit_role, g.pipeline_role):
         trust = resources(t, "AWS::IAM::Role")[logical_id(stack, role)]["Properties"]["AssumeRolePolicyDocument"]
-        assert trust["Statement"] == [
-            {"Action": "sts:AssumeRole", "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}}
-        ]
+        assert trust["Statement"] == [  # SageMaker, on behalf of this account only (no confused deputy)
+            {"Action": "sts:AssumeRole", "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
+             "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}
+        ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
     assert granted == sorted([
         "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketObjectLockConfiguration", "kms:Decrypt",
         "kms:Encrypt", "kms:GenerateDataKey", "sns:Publish", "sagemaker:DescribeModelPackage",
-        "logs:CreateLogStream", "logs:PutLogEvents",
+        "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage",
     ])  # fmt: skip
 
 
@@ -492,3 +493,28 @@ def test_images_come_from_the_sdk_for_the_stacks_region(synth) -> None:
         "arn:aws:ecr:eu-central-1:763104351884:repository/huggingface-pytorch-inference",
         "arn:aws:ecr:eu-central-1:763104351884:repository/huggingface-pytorch-training",
     ]
+
+
+def test_no_approval_event_is_lost_and_nobody_can_unlock_the_records(synth) -> None:
+    """Issue 18: EventBridge and Lambda drop an event after their retries unless it has somewhere to go; an account
+    administrator could schedule the key's deletion; a plain PUT over a record would become its current version."""
+    t, stack, g = synth["template"], synth["stack"], synth["governed"]
+    queue = logical_id(stack, g.dead_letters)
+    function = resources(t, "AWS::Lambda::Function")[logical_id(stack, g.approval_function)]["Properties"]
+    assert function["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": [queue, "Arn"]}}
+    for rule in (g.blocked_rule, g.package_rule):
+        (target,) = resources(t, "AWS::Events::Rule")[logical_id(stack, rule)]["Properties"]["Targets"]
+        assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue, "Arn"]}}
+    alarms = resources(t, "AWS::CloudWatch::Alarm")
+    assert len(alarms) == 2 and all(a["Properties"]["AlarmActions"] == [{"Ref": logical_id(stack, g.topic)}]
+                                    for a in alarms.values())  # fmt: skip
+    (key,) = resources(t, "AWS::KMS::Key").values()
+    deny = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny == [{"Sid": "DenyDeletionAndDisabling", "Effect": "Deny", "Principal": {"AWS": "*"},
+                     "Action": ["kms:DisableKey", "kms:ScheduleKeyDeletion"], "Resource": "*"}]  # fmt: skip
+    policies = resources(t, "AWS::S3::BucketPolicy")
+    audit = logical_id(stack, g.audit_bucket)
+    (policy,) = [p for p in policies.values() if p["Properties"]["Bucket"] == {"Ref": audit}]
+    (write_once,) = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+                     if s.get("Sid") == "DenyOverwritingWriteOnceDocuments"]  # fmt: skip
+    assert write_once["Action"] == "s3:PutObject" and write_once["Condition"] == {"Null": {"s3:if-none-match": "true"}}
