@@ -165,6 +165,7 @@ class GovernedFineTuningPipeline(Construct):
             audit_prefix=audit_prefix,
             audit_store_uri=self.audit_store_uri,
             model_package_group=model_package_group_name,
+            ledger_arn=self.ledger.table_arn,
         )
         self.approver_policy = roles.approver_policy(self, access)
         self.blocked_rule = notifications.blocked_rule(
@@ -174,6 +175,9 @@ class GovernedFineTuningPipeline(Construct):
             self, model_package_group_name, self.approval_function, self.dead_letters
         )
         self.alarms = notifications.alarms(self, self.approval_function, self.dead_letters, self.topic)
+        self.verify_rule, self.verify_alarm = notifications.daily_verify(
+            self, self.approval_function, self.dead_letters, self.topic
+        )
 
         for name, value, description in (
             ("ArtifactsBucketName", self.artifacts_bucket.bucket_name, "code, inputs, executions, models"),

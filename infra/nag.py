@@ -43,6 +43,12 @@ RUNTIME = (
 )
 
 
+VERIFY_METRIC = (
+    "cloudwatch:PutMetricData has no resource-level permission: the daily verification's metric, limited by the "
+    "cloudwatch:namespace condition to FlopsMeter"
+)
+
+
 def _ack(construct, finding: str, reason: str) -> None:
     cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=f"AwsSolutions::{finding}", reason=reason))
 
@@ -86,6 +92,7 @@ def acknowledge(governed) -> None:
     _iam5(function_role, f"{audit}/{audit_prefix}/*", FLAGGED)
     _iam5(function_role, f"{audit}/{audit_prefix}/flagged/*", FLAGGED)
     _iam5(function_role, region.format(service="sagemaker", resource=f"model-package/{group}/*"), PACKAGES)
+    _iam5(function_role, "*", VERIFY_METRIC)
     approvers = governed.approver_policy
     _iam5(approvers, "*", LIST_PACKAGES)
     _iam5(approvers, f"{audit}/{audit_prefix}/*", APPROVER_RECORDS)

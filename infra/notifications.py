@@ -32,7 +32,7 @@ from constructs import Construct
 
 from infra.roles import allow, least_privilege_role
 from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
-from pipelines.notify import PACKAGE_STATE, STEP_STATUS
+from pipelines.notify import METRIC, METRIC_NAMESPACE, PACKAGE_STATE, STEP_STATUS, VERIFY_EVENT
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = lambda_.Runtime.PYTHON_3_14  # the latest (cdk-nag L1); its boto3 has S3 conditional writes
@@ -73,6 +73,37 @@ def dead_letters(scope: Construct, key: kms.IKey) -> sqs.Queue:
     )
 
 
+def daily_verify(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, topic: sns.ITopic):
+    """`audit verify` of the whole store every day, by the approval function; an alarm when it fails or did not
+    report (no data for a day is a failure too)."""
+    rule = events.Rule(
+        scope,
+        "DailyVerify",
+        description="flops-meter: verify the audit store every day",
+        schedule=events.Schedule.rate(Duration.days(1)),
+    )
+    rule.add_target(
+        targets.LambdaFunction(
+            fn, event=events.RuleTargetInput.from_object(VERIFY_EVENT), retry_attempts=20,
+            max_event_age=Duration.hours(24), dead_letter_queue=queue,
+        )
+    )  # fmt: skip
+    metric = cloudwatch.Metric(
+        namespace=METRIC_NAMESPACE, metric_name=METRIC, period=Duration.days(1), statistic="Maximum"
+    )
+    alarm = metric.create_alarm(
+        scope,
+        "AuditVerifyAlarm",
+        alarm_description="flops-meter: the daily audit verification failed or did not run",
+        threshold=1,
+        evaluation_periods=1,
+        comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+    )
+    alarm.add_alarm_action(actions.SnsAction(topic))
+    return rule, alarm
+
+
 def alarms(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, topic: sns.ITopic) -> list[cloudwatch.Alarm]:
     """The approvers hear of a failing approval function and of events parked in the dead-letter queue."""
     made = []
@@ -105,6 +136,7 @@ def approval_function(
     audit_prefix: str,
     audit_store_uri: str,
     model_package_group: str,
+    ledger_arn: str,
 ) -> tuple[lambda_.Function, iam.Role]:
     """The function and its role (written out here; the function gets it without policy updates)."""
     stack = Stack.of(scope)
@@ -128,6 +160,10 @@ def approval_function(
             allow(["sagemaker:DescribeModelPackage"], [packages]),
             allow(["logs:CreateLogStream", "logs:PutLogEvents"], [log_group.log_group_arn]),
             allow(["sqs:SendMessage"], [dead_letter_queue.queue_arn]),
+            # the daily verification: the ledger, the versions of the write-once documents, its metric
+            allow(["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"], [ledger_arn]),
+            allow(["s3:ListBucketVersions"], [audit.bucket_arn]),
+            allow(["cloudwatch:PutMetricData"], ["*"], {"StringEquals": {"cloudwatch:namespace": METRIC_NAMESPACE}}),
         ],
         principal=iam.ServicePrincipal("lambda.amazonaws.com"),
     )

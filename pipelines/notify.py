@@ -5,6 +5,8 @@
                          commands that decide on it. PlanCrossesThreshold failed: a message (nothing was trained).
     model package state  a package of the governed group was registered or changed status: a message with its
                          verdict; for an ``approaching`` package waiting for approval, the commands that decide.
+    {"flops_meter": "verify"}  the daily schedule: ``audit verify`` of the whole store; its result as the metric
+                         FlopsMeter/AuditVerifyFailed (0 or 1), and a message to the approvers when it fails.
 
 Environment: AUDIT_STORE_URI (the audit store, as `--store` takes it), TOPIC_ARN (the approvers' topic).
 Standard library, boto3, ``meter`` and ``pipelines`` (pure Python at import): what the Lambda runtime has plus
@@ -24,6 +26,8 @@ from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
 
 STEP_STATUS = "SageMaker Model Building Pipeline Execution Step Status Change"
 PACKAGE_STATE = "SageMaker Model Package State Change"
+VERIFY_EVENT = {"flops_meter": "verify"}
+METRIC_NAMESPACE, METRIC = "FlopsMeter", "AuditVerifyFailed"
 _RECORD = re.compile(r"Audit record: (\S+) \(sha256 ([0-9a-f]{64})\)")  # in RegistrationBlocked's message
 SUBJECT_LIMIT = 100  # SNS e-mail subjects
 
@@ -36,6 +40,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     store_uri, topic = os.environ["AUDIT_STORE_URI"], os.environ["TOPIC_ARN"]
     store = open_store(store_uri)
     detail, kind = event.get("detail") or {}, event.get("detail-type")
+    if event == VERIFY_EVENT:
+        return scheduled_verify(store, store_uri, topic)
     if kind == STEP_STATUS:
         message = on_step(detail, store, store_uri)
     elif kind == PACKAGE_STATE:
@@ -49,6 +55,33 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     sns = boto3.client("sns", config=boto_config())
     sns.publish(TopicArn=topic, Subject=subject[:SUBJECT_LIMIT], Message=body)
     return {"published": True, "subject": subject, "item": item}
+
+
+def scheduled_verify(store, store_uri: str, topic: str) -> dict[str, Any]:
+    """The daily check: everything `audit verify` checks; the metric is what the stack's alarm watches (no
+    data, as when this function fails, alarms too)."""
+    import boto3
+
+    from meter.stores import boto_config
+
+    if not store.entries() and not store.stored_records():  # a new stack: nothing published yet (S3 locks records,
+        return {"verified": True, "line": "nothing published yet"}  # so an emptied store cannot look like this)
+    report = store.verify()
+    boto3.client("cloudwatch", config=boto_config()).put_metric_data(
+        Namespace=METRIC_NAMESPACE,
+        MetricData=[{"MetricName": METRIC, "Value": 0 if report.ok else 1, "Unit": "Count"}],
+    )
+    if not report.ok:
+        body = "\n".join([
+            "The daily audit verification failed: the audit store does not hold what was published.",
+            report.line(),
+            "",
+            f"Check it yourself: flops-meter audit verify --store '{store_uri}'",
+        ])  # fmt: skip
+        boto3.client("sns", config=boto_config()).publish(
+            TopicArn=topic, Subject="flops-meter: audit verification FAILED", Message=body
+        )
+    return {"verified": report.ok, "line": report.line()}
 
 
 def on_step(detail: dict[str, Any], store, store_uri: str) -> tuple[str, str, str | None] | None:

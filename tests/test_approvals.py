@@ -435,3 +435,29 @@ def test_the_function_notifies_a_stopped_plan_and_registered_packages(notified) 
 
 def metadata_of(sm, arn: str) -> dict:
     return sm.describe_model_package(ModelPackageName=arn).get("CustomerMetadataProperties") or {}
+
+
+def test_the_daily_verification_alarms_the_approvers_when_the_store_was_altered(notified) -> None:
+    """The stack's schedule sends {"flops_meter": "verify"}: the metric it puts, and a message when it fails."""
+    import boto3
+
+    from meter.stores import open_store
+    from pipelines.notify import handler
+
+    uri, inbox = notified
+    store = open_store(uri)
+    assert handler({"flops_meter": "verify"}) == {"verified": True, "line": "nothing published yet"}
+    published = crossed_record(store, "lineage-daily")
+    item = flagged_item(published.record, published.uri)
+    store.put_document("flagged", item["id"], item)
+    assert handler({"flops_meter": "verify"})["verified"] is True and inbox() == []
+    # an insider lowers the ledger's FLOPs of the run (one PutItem the audit role may make)
+    entry = store.ddb.get_item(TableName=store.table, Key={"lineage": {"S": "lineage-daily"}, "sequence": {"N": "1"}})
+    store.ddb.put_item(TableName=store.table, Item={**entry["Item"], "regulatory_flops": {"N": "1"}})
+    result = handler({"flops_meter": "verify"})
+    assert result["verified"] is False and "regulatory_flops" in result["line"]
+    (message,) = inbox()
+    assert message["Subject"] == "flops-meter: audit verification FAILED"
+    assert "flops-meter audit verify" in message["Message"]
+    metrics = boto3.client("cloudwatch").list_metrics(Namespace="FlopsMeter", MetricName="AuditVerifyFailed")
+    assert metrics["Metrics"]

@@ -407,6 +407,7 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
         "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:GetBucketObjectLockConfiguration", "kms:Decrypt",
         "kms:Encrypt", "kms:GenerateDataKey", "sns:Publish", "sagemaker:DescribeModelPackage",
         "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage",
+        "dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem", "s3:ListBucketVersions", "cloudwatch:PutMetricData",
     ])  # fmt: skip
 
 
@@ -506,8 +507,13 @@ def test_no_approval_event_is_lost_and_nobody_can_unlock_the_records(synth) -> N
         (target,) = resources(t, "AWS::Events::Rule")[logical_id(stack, rule)]["Properties"]["Targets"]
         assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue, "Arn"]}}
     alarms = resources(t, "AWS::CloudWatch::Alarm")
-    assert len(alarms) == 2 and all(a["Properties"]["AlarmActions"] == [{"Ref": logical_id(stack, g.topic)}]
+    assert len(alarms) == 3 and all(a["Properties"]["AlarmActions"] == [{"Ref": logical_id(stack, g.topic)}]
                                     for a in alarms.values())  # fmt: skip
+    # the daily verification: scheduled, and a day without its metric alarms as a failure does
+    verify = alarms[logical_id(stack, g.verify_alarm)]["Properties"]
+    assert verify["MetricName"] == "AuditVerifyFailed" and verify["TreatMissingData"] == "breaching"
+    (target,) = resources(t, "AWS::Events::Rule")[logical_id(stack, g.verify_rule)]["Properties"]["Targets"]
+    assert json.loads(target["Input"]) == {"flops_meter": "verify"}
     (key,) = resources(t, "AWS::KMS::Key").values()
     deny = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if s["Effect"] == "Deny"]
     assert deny == [{"Sid": "DenyDeletionAndDisabling", "Effect": "Deny", "Principal": {"AWS": "*"},
