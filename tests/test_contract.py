@@ -22,17 +22,7 @@ from pipelines.requests import definition_problems, problems
 KEY = "arn:aws:kms:eu-central-1:111122223333:key/0f0e0d0c-1111-2222-3333-444455556666"
 
 
-def steps(doc) -> dict[str, dict]:
-    found = {}
-
-    def walk(items):
-        for step in items:
-            found[step["Name"]] = step
-            if step["Type"] == "Condition":
-                walk(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"])
-
-    walk(doc["Steps"])
-    return found
+from tests.test_pipeline import steps_by_name as steps  # noqa: E402  (every step, branches included)
 
 
 @pytest.fixture(scope="module")
