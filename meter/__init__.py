@@ -27,7 +27,14 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        except ModuleNotFoundError as e:
+            if e.name not in ("transformers", "torch", "peft"):
+                raise
+            raise ImportError(
+                f"meter.{name} needs {e.name}, which is not installed: pip install 'flops-meter[hf]'"
+            ) from None
     raise AttributeError(f"module 'meter' has no attribute {name!r}")
 
 
