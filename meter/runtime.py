@@ -519,7 +519,19 @@ class FlopsMeter:
         if self.is_main:
             self._write_json(self.output_path, record)
             self._write_journal(final=True)
+            self._say_where(record)
         return record
+
+    def _say_where(self, record: dict[str, Any]) -> None:
+        """One line at the end: the count, this run against the threshold, and where the record is."""
+        threshold = record["threshold"]
+        crossed = "CROSSES" if threshold["crossed_by_this_run"] else "below"
+        log.info(
+            "flops_meter: %s: %.2e regulatory FLOP (%s), %.1f%% of the threshold %.2e: this run alone is %s it "
+            "(the lineage's total decides: flops-meter classify %s); record %s",
+            record["status"], record["flops"]["regulatory"], record["flops"]["confidence"],
+            100 * threshold["fraction"], threshold["flops"], crossed, self.output_path, self.output_path,
+        )  # fmt: skip
 
     def remove_hooks(self) -> None:
         for handle in self._hooks:
