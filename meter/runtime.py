@@ -527,7 +527,7 @@ class FlopsMeter:
         threshold = record["threshold"]
         crossed = "CROSSES" if threshold["crossed_by_this_run"] else "below"
         log.info(
-            "flops_meter: %s: %.2e regulatory FLOP (%s), %.1f%% of the threshold %.2e: this run alone is %s it "
+            "flops_meter: %s: %.1e regulatory FLOP (%s), %.1f%% of the threshold %.1e: this run alone is %s it "
             "(the lineage's total decides: flops-meter classify %s); record %s",
             record["status"], record["flops"]["regulatory"], record["flops"]["confidence"],
             100 * threshold["fraction"], threshold["flops"], crossed, self.output_path, self.output_path,
