@@ -40,21 +40,24 @@ test: $(STAMP) browser
 # The container contract: the steps' tests again, in an environment pinned to the SageMaker training image's own
 # libraries (pipelines/images.py: transformers, peft, accelerate, trl …) over this machine's torch CPU build, and the
 # training job run through the SDK's own driver scripts (tests/test_contract.py, tests/container.py).
-IMAGE_VENV := .venv-image
-$(IMAGE_VENV)/.installed: $(STAMP) pipelines/images.py
-	rm -rf $(IMAGE_VENV)
-	$(PY) -m venv $(IMAGE_VENV)
+# The processing image's libraries get a second environment, for the steps that run there (EstimateFLOPs reads
+# configs and tokenizers with its transformers; ClassifyCompliance and PublishAudit need none).
+.venv-%/.installed: $(STAMP) pipelines/images.py
+	rm -rf .venv-$*
+	$(PY) -m venv .venv-$*
 	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
-	  "$$($(IMAGE_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz-flops-meter-base.pth"
-	$(IMAGE_VENV)/bin/pip install --quiet $$($(BIN)/python -c "from pipelines.images import pins; print(pins('training'))")
-	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m torch.distributed.run "$$@"\n' > $(IMAGE_VENV)/bin/torchrun
-	chmod +x $(IMAGE_VENV)/bin/torchrun
+	  "$$(.venv-$*/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz-flops-meter-base.pth"
+	.venv-$*/bin/pip install --quiet $$($(BIN)/python -c "from pipelines.images import pins; print(pins('$*'))")
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m torch.distributed.run "$$@"\n' > .venv-$*/bin/torchrun
+	chmod +x .venv-$*/bin/torchrun
 	touch $@
 
-contract: $(IMAGE_VENV)/.installed
-	PYTHONPATH=$(CURDIR) $(IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py \
+contract: .venv-training/.installed .venv-processing/.installed
+	PYTHONPATH=$(CURDIR) .venv-training/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py \
 	  tests/test_steps.py tests/test_runtime.py tests/test_light.py tests/test_flop_counter.py tests/test_tokens.py \
 	  tests/test_generic_path.py
+	PYTHONPATH=$(CURDIR) .venv-processing/bin/python -m pytest -q -p no:cacheprovider tests/test_steps.py \
+	  -k "plan or bad_input or test_spec" tests/test_spec.py
 
 # Wheels of what an image may lack, shipped in the code bundle (steps/vendor): CPython 3.12, x86_64 Linux.
 vendor: $(STAMP)
@@ -81,4 +84,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) $(IMAGE_VENV) build *.egg-info cdk.out
+	rm -rf $(VENV) .venv-training .venv-processing build *.egg-info cdk.out
