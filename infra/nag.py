@@ -78,7 +78,8 @@ def acknowledge(governed) -> None:
               JOB_LOGS.format(kind=kind))  # fmt: skip
         _iam5(role, f"{artifacts}/{prefix}/*", PREFIX_READ)
         _iam5(role, f"{artifacts}/{prefix}/executions/*", EXECUTIONS)
-    _iam5(governed.audit_role, f"{audit}/{audit_prefix}/*", RECORDS)
+    for where in ("*", "records/*", "flagged/*"):
+        _iam5(governed.audit_role, f"{audit}/{audit_prefix}/{where}", RECORDS)
 
     pipeline_role = governed.pipeline_role
     group = governed.names["model_package_group"].lower()

@@ -138,7 +138,12 @@ def audit_role(scope: Construct, a: Access) -> iam.Role:
         "flops-meter PublishAudit jobs: append records and ledger items; never delete or change retention",
         [
             *_job_basics(scope, a, "ProcessingJobs"),
-            allow(["s3:PutObject", "s3:GetObject"], [records]),
+            allow(["s3:GetObject"], [records]),
+            # records and flagged items only: a pipeline job can never write a decision (approve its own model)
+            allow(
+                ["s3:PutObject"],
+                [a.audit.arn_for_objects(f"{a.audit_prefix}/{kind}/*") for kind in ("records", "flagged")],
+            ),
             allow(["s3:ListBucket"], [a.audit.bucket_arn], {"StringLike": {"s3:prefix": f"{a.audit_prefix}/*"}}),
             allow(["s3:GetBucketObjectLockConfiguration"], [a.audit.bucket_arn]),
             allow(["dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem"], [a.ledger.table_arn]),

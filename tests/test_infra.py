@@ -207,18 +207,26 @@ def test_audit_role_can_append_but_never_delete_or_unlock(synth) -> None:
         for s in stmts:
             forbidden = [a for a in actions(s) if a.startswith(AUDIT_FORBIDDEN) or a.startswith("s3:Delete")]
             assert not forbidden, f"{lid} may {forbidden}"
-    # the audit bucket is written by the audit role, and by the approval function under flagged/ only
+    # the audit bucket is written by the audit role (records, flagged items: never a decision), by the approval
+    # function under flagged/ only, and by the approvers under decisions/ only
     audit_arn = {"Fn::GetAtt": [logical_id(stack, g.audit_bucket), "Arn"]}
+
+    def joined(resource) -> list:
+        return [r["Fn::Join"][1] for r in (resource if isinstance(resource, list) else [resource])
+                if isinstance(r, dict) and "Fn::Join" in r and audit_arn in r["Fn::Join"][1]]  # fmt: skip
+
     writers = {
-        lid: s["Resource"]["Fn::Join"][1]
-        for lid, stmts in roles.items()
-        for s in stmts
-        if "s3:PutObject" in actions(s) and audit_arn in json.loads(json.dumps(s["Resource"]))["Fn::Join"][1]
-    }
+        lid: joined(s["Resource"]) for lid, stmts in roles.items() for s in stmts
+        if "s3:PutObject" in actions(s) and joined(s["Resource"])
+    }  # fmt: skip
     function, approvers = logical_id(stack, g.approval_function_role), logical_id(stack, g.approver_policy)
     assert set(writers) == {logical_id(stack, g.audit_role), function, approvers}
-    assert writers[function] == [audit_arn, "/records/flagged/*"]
-    assert writers[approvers] == [audit_arn, "/records/decisions/*"]
+    assert sorted(writers[logical_id(stack, g.audit_role)], key=str) == [
+        [audit_arn, "/records/flagged/*"],
+        [audit_arn, "/records/records/*"],
+    ]
+    assert writers[function] == [[audit_arn, "/records/flagged/*"]]
+    assert writers[approvers] == [[audit_arn, "/records/decisions/*"]]
 
 
 def test_pipeline_roles_pass_only_the_step_roles_to_sagemaker(synth) -> None:
