@@ -427,6 +427,8 @@ class S3Store:
         existing = self._by_record_id(draft["record_id"])
         if existing is not None:
             return _duplicate(self._completed(existing), draft, f"s3://{self.bucket}/{self.key(existing)}")
+        if self.retention_days is None:
+            self._check_bucket_lock()  # before the ledger claim: a record the bucket would not lock is never claimed
         lineage = draft["lineage"]["id"]
         for attempt in range(_RETRIES):
             if verdict_for is None:

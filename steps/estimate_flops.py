@@ -16,6 +16,7 @@ from pathlib import Path
 from meter.catalog import resolve_model
 from meter.compliance import classify
 from meter.count import CostModel
+from meter.errors import MeterError
 from meter.original import resolve_original
 from meter.recipe import load_recipe
 from meter.spec import spec_from_config
@@ -102,6 +103,8 @@ def model_config(recipe: Recipe, model: Path | None) -> tuple[dict, str]:
 
 def main() -> int:
     args = parse()
+    if args.instance_count < 1:  # here, before CreateTrainingJob refuses it with the training already paid for
+        raise MeterError(f"InstanceCount {args.instance_count}: give 1 or more training instances")
     recipe = Recipe.from_dict(
         load_recipe(one_file(processing_input("recipe"), ("*.yaml", "*.yml"), "recipe")),
         base_model_id=args.base_model_id,

@@ -96,6 +96,8 @@ def test_bad_input_ends_a_step_with_one_line_and_a_failure_file(tmp_path) -> Non
     assert "recipe method 'sft'" in (tmp_path / "output/failure").read_text()
     done = step("classify_compliance", tmp_path)
     assert done.returncode == 2 and "no run record" in done.stderr
+    done = step("estimate_flops", tmp_path, "--instance-count=0")
+    assert done.returncode == 2 and "InstanceCount 0: give 1 or more" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
