@@ -629,7 +629,7 @@ def cmd_audit(args) -> int:
         heads = _read_json(args.heads, "exported chain heads") if args.heads else None
         if heads is not None and heads.get("record_type") != "flops_meter.heads":
             raise MeterError(f"{args.heads} is not an export of chain heads: write one with flops-meter audit heads")
-        report = store.verify(args.lineage, heads=heads) if heads is not None else store.verify(args.lineage)
+        report = store.verify(args.lineage, heads=heads)
         print(report.line())
         return 0 if report.ok else 1
     if args.audit_command == "show":

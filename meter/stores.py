@@ -17,6 +17,7 @@ record on the new head and retries, so the chain stays consistent. boto3 is impo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -143,9 +144,18 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, 
     stored = store.stored_records() if lineage is None else set()
     if not entries and not stored:
         return VerifyReport(False, 0, store.uri, "the store holds no record: a wrong --store, or the store was emptied")
+    records: dict[str, dict[str, Any]] = {}  # each record read once: the chains, then the items and decisions
+
+    def fetching(entry: LedgerEntry) -> bytes | None:
+        data = fetch(entry)
+        if data is not None:
+            with contextlib.suppress(ValueError):  # verify_chain reports what is wrong with it
+                records[entry.record_sha256] = json.loads(data)
+        return data
+
     checked = 0
     for name in sorted({e.lineage for e in entries}):
-        report = verify_chain([e for e in entries if e.lineage == name], fetch)
+        report = verify_chain([e for e in entries if e.lineage == name], fetching)
         if not report.ok:
             return VerifyReport(False, checked + report.checked, report.broken, report.reason)
         checked += report.checked
@@ -160,13 +170,22 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, 
     problem = store.storage_problem()
     if problem:
         return VerifyReport(False, checked, *problem)
-    problem = _against_heads(store, entries, heads) if heads is not None else None
+    items, decisions = store.documents("flagged"), store.documents("decisions")
+    problem = _against_heads(entries, items, decisions, heads) if heads is not None else None
     if problem:
         return VerifyReport(False, checked, *problem)
-    problem = _verify_flagged(store, lineage, entries)
+    problem = _verify_flagged(records, lineage, entries, items)
     if problem:
         return VerifyReport(False, checked, *problem)
-    return _verify_decisions(store, lineage, known, checked)
+    return _verify_decisions(records, lineage, items, decisions, checked)
+
+
+def _anchored(items: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """What a heads export anchors besides the chains: each decision's hash, each flagged item's record."""
+    return (
+        {d.get("item_id"): d.get("decision_sha256") for d in decisions},
+        {i.get("id"): i.get("record_sha256") for i in items},
+    )
 
 
 def chain_heads(store: AuditStore) -> dict[str, Any]:
@@ -177,13 +196,14 @@ def chain_heads(store: AuditStore) -> dict[str, Any]:
         if e.lineage not in heads or e.sequence > heads[e.lineage]["sequence"]:
             heads[e.lineage] = {"sequence": e.sequence, "record_sha256": e.record_sha256}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    decisions = {d.get("item_id"): d.get("decision_sha256") for d in store.documents("decisions")}
-    flagged = {i.get("id"): i.get("record_sha256") for i in store.documents("flagged")}
+    decisions, flagged = _anchored(store.documents("flagged"), store.documents("decisions"))
     return {"record_type": "flops_meter.heads", "store": store.uri, "exported_at": now, "heads": heads,
             "decisions": decisions, "flagged": flagged}  # fmt: skip
 
 
-def _against_heads(store: AuditStore, entries: list[LedgerEntry], exported: dict[str, Any]) -> tuple[str, str] | None:
+def _against_heads(
+    entries: list[LedgerEntry], items: list[dict[str, Any]], decided: list[dict[str, Any]], exported: dict[str, Any]
+) -> tuple[str, str] | None:
     """What an export of the heads anchors: each chain up to its exported head, each decision and flagged item."""
     at = {(e.lineage, e.sequence): e.record_sha256 for e in entries}
     when = exported.get("exported_at")
@@ -193,25 +213,25 @@ def _against_heads(store: AuditStore, entries: list[LedgerEntry], exported: dict
                 f"the chain no longer holds the head exported at {when} "
                 f"({str(head.get('record_sha256'))[:12]}): cut or rewritten since"
             )
-    decisions = {d.get("item_id"): d.get("decision_sha256") for d in store.documents("decisions")}
+    decisions, flagged = _anchored(items, decided)
     for item, sha in sorted((exported.get("decisions") or {}).items()):
         if decisions.get(item) != sha:
             return f"decision on item {item}", f"not the decision exported at {when}: deleted or replaced since"
-    flagged = {i.get("id"): i.get("record_sha256") for i in store.documents("flagged")}
     for item, sha in sorted((exported.get("flagged") or {}).items()):
         if flagged.get(item) != sha:
             return f"flagged item {item}", f"not the item exported at {when}: deleted or replaced since"
     return None
 
 
-def _verify_flagged(store: AuditStore, lineage: str | None, entries: list[LedgerEntry]) -> tuple[str, str] | None:
+def _verify_flagged(
+    records: dict[str, dict[str, Any]], lineage: str | None, entries: list[LedgerEntry], flagged: list[dict[str, Any]]
+) -> tuple[str, str] | None:
     """Each flagged item says what its record says; each record whose verdict needs a decision has its item."""
     from meter.flagged import FLAGGED_STATUSES, item_id
 
-    items = {i.get("id"): i for i in store.documents("flagged")}
+    items = {i.get("id"): i for i in flagged}
     for e in sorted(entries, key=lambda e: (e.lineage, e.sequence)):
-        record = store.get(e.record_sha256)
-        status = record["verdict"]["status"]
+        status = records[e.record_sha256]["verdict"]["status"]
         item = items.pop(item_id(e.record_sha256), None)
         if item is None:
             if status in FLAGGED_STATUSES:
@@ -227,18 +247,23 @@ def _verify_flagged(store: AuditStore, lineage: str | None, entries: list[Ledger
     return None
 
 
-def _verify_decisions(store: AuditStore, lineage: str | None, known: set[str], checked: int) -> VerifyReport:
+def _verify_decisions(
+    records: dict[str, dict[str, Any]],
+    lineage: str | None,
+    flagged: list[dict[str, Any]],
+    decisions: list[dict[str, Any]],
+    checked: int,
+) -> VerifyReport:
     """Every approval decision: its own hash, its flagged item, and the record (in a verified chain) it decides on."""
     from meter.flagged import check_decision
 
-    items = {i["id"]: i for i in store.documents("flagged")}
+    items = {i["id"]: i for i in flagged}
     count = 0
-    for decision in store.documents("decisions"):
+    for decision in decisions:
         item = items.get(decision.get("item_id"))
         if lineage is not None and (item or {}).get("lineage") != lineage:
             continue
-        sha = decision.get("record_sha256")
-        record = store.get(sha) if sha in known else None
+        record = records.get(decision.get("record_sha256"))
         reason = check_decision(decision, item, record)
         if reason:
             return VerifyReport(False, checked, f"decision on item {decision.get('item_id')}", reason, count)
@@ -551,17 +576,7 @@ class S3Store:
 
     def documents(self, kind: str) -> list[dict[str, Any]]:
         prefix = self._doc_key(kind, "x")[: -len("x.json")]
-        keys: list[str] = []
-        from botocore.exceptions import ClientError
-
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        try:
-            pages = self._call(lambda: list(pages))
-        except ClientError as e:
-            error = e.response["Error"]
-            raise MeterError(f"audit store {self.uri}: {error.get('Code')}: {error.get('Message', '')}") from None
-        for page in pages:
-            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+        keys = [o["Key"] for o in self._keys(prefix) if o["Key"].endswith(".json")]
         return [_parse_document(self._get_bytes(k) or b"", f"s3://{self.bucket}/{k}") for k in sorted(keys)]
 
     def _check_bucket_lock(self) -> None:
