@@ -706,11 +706,9 @@ def _publish(args, store) -> int:
     published = publish(store, run, compliance, revision=args.revision, parents=args.parent, dataset=dataset, code=code)
     record = published.record
     # a verdict that needs a person's decision goes to the approvals queue, as from the pipeline's PublishAudit
-    from meter.flagged import flagged_item
+    from meter.flagged import flag
 
-    item = flagged_item(record, published.uri)
-    if item is not None:
-        store.put_document("flagged", item["id"], item)
+    item = flag(store, record, published.uri)
     if args.json:
         print(json.dumps({"uri": published.uri, "record_sha256": record["record_sha256"],
                           "created": published.created, "flagged_item": item["id"] if item else None}))  # fmt: skip

@@ -65,6 +65,15 @@ def flagged_item(
     }
 
 
+def flag(store, record: dict[str, Any], record_uri: str, **where: str | None) -> dict[str, Any] | None:
+    """Put a published record's flagged item in the approvals queue (write-once; a retry writes the same bytes),
+    or nothing when its verdict needs no decision. ``where``: model, report, group and image (see flagged_item)."""
+    item = flagged_item(record, record_uri, **where)
+    if item is not None:
+        store.put_document("flagged", item["id"], item)
+    return item
+
+
 def item_hash(item: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(item)).hexdigest()
 

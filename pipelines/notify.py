@@ -20,7 +20,7 @@ import os
 import re
 from typing import Any
 
-from meter.flagged import FLAGGED_STATUSES, flagged_item, item_id
+from meter.flagged import FLAGGED_STATUSES, flag, item_id
 from meter.thresholds import rule_text
 from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
 
@@ -107,8 +107,7 @@ def on_step(detail: dict[str, Any], store, store_uri: str) -> tuple[str, str, st
     record_uri, sha = match.groups()
     item = store.get_document("flagged", item_id(sha))
     if item is None:  # PublishAudit of an older version wrote none: build it from the record
-        item = flagged_item(store.get(sha), record_uri)
-        store.put_document("flagged", item["id"], item)
+        item = flag(store, store.get(sha), record_uri)
     lines = [
         "A fine-tuning run crossed the compute threshold and its registration was blocked.",
         "",

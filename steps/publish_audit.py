@@ -15,7 +15,7 @@ import argparse
 import hashlib
 import json
 
-from meter.flagged import flagged_item, model_card
+from meter.flagged import flag, model_card
 from meter.governance import publish, verdict_metadata
 from meter.stores import open_store
 from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
@@ -59,7 +59,8 @@ def main() -> int:
     )
     record = published.record
     # a verdict that needs a person's decision becomes a flagged item for the approval workflow
-    item = flagged_item(
+    item = flag(
+        store,
         record,
         published.uri,
         model_uri=args.model_uri,
@@ -67,8 +68,6 @@ def main() -> int:
         model_package_group=args.model_package_group,
         inference_image=args.inference_image,
     )
-    if item is not None:
-        store.put_document("flagged", item["id"], item)
     doc = {
         "record_uri": published.uri,
         "record_sha256": record["record_sha256"],

@@ -23,7 +23,7 @@ from typing import Any
 
 from meter.audit import canonical_json, record_hash
 from meter.compliance import OriginalCompute, classify
-from meter.flagged import decision_document, flagged_item
+from meter.flagged import decision_document, flag, flagged_item
 from meter.governance import compliance_document, publish
 
 ORIGINAL = OriginalCompute(3 * 10**23, "user", "given")
@@ -39,9 +39,7 @@ def populate(store) -> list[dict[str, Any]]:
         verdict = classify(flops, ORIGINAL, prior_lineage_flops=prior)
         doc = compliance_document(verdict, lineage="acme/bot", base_model="base", run_id=run["run_id"])
         published = publish(store, run, doc)
-        item = flagged_item(published.record, published.uri)
-        if item is not None:
-            store.put_document("flagged", item["id"], item)
+        flag(store, published.record, published.uri)  # as `audit publish` and PublishAudit do
         records.append(published.record)
         prior += flops
     flagged = [r for r in records if r["verdict"]["status"] != "downstream_modifier"]
