@@ -9,11 +9,14 @@ Nothing here imports boto3 at module level.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from steps.common import HUB_MARKER, MODEL_INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -76,14 +79,8 @@ def demo_dataset() -> Artifact:
 
 # What ModelS3Uri points at by default: a model directory's three small files, marked "not a model", so the steps
 # load BaseModelId from the Hugging Face Hub. A pipeline parameter has one default and cannot add or drop a channel.
-HUB_MARKER = b'{"flops_meter_model_source": "hub"}\n'
-
-
 def hub_model() -> Artifact:
-    return Artifact("model-from-hub", dict.fromkeys(MODEL_FILES, HUB_MARKER))
-
-
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")  # what EstimateFLOPs reads of a model
+    return Artifact("model-from-hub", dict.fromkeys(MODEL_INPUTS.values(), (json.dumps(HUB_MARKER) + "\n").encode()))
 
 
 def demo_recipe() -> Artifact:

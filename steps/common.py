@@ -34,7 +34,11 @@ def training_channel(name: str) -> Path:
     return Path(os.environ.get(f"SM_CHANNEL_{name.upper()}") or opt_ml() / "input" / "data" / name)
 
 
-HUB_MARKER_KEY = "flops_meter_model_source"
+# What EstimateFLOPs receives of a model directory (processing input -> file), never its weights; the factory
+# builds the inputs from it, the entrypoint reads them back
+MODEL_INPUTS = {"model": "config.json", "tokenizer": "tokenizer.json", "tokenizer-config": "tokenizer_config.json"}
+# what a model directory's files say when no model was given (the pipeline's default ModelS3Uri): use the hub
+HUB_MARKER = {"flops_meter_model_source": "hub"}
 
 
 def given_model(directory: Path) -> Path | None:
@@ -44,7 +48,7 @@ def given_model(directory: Path) -> Path | None:
     if not config.is_file():
         return None
     try:
-        marked = json.loads(config.read_text()).get(HUB_MARKER_KEY) == "hub"
+        marked = json.loads(config.read_text()) == HUB_MARKER
     except (ValueError, AttributeError):
         return directory  # not ours: the loader reports what is wrong with it
     return None if marked else directory

@@ -23,6 +23,7 @@ from meter.spec import spec_from_config
 from meter.thresholds import rule_text
 from meter.tokens import TokenStats
 from steps.common import (
+    MODEL_INPUTS,
     flag,
     given_model,
     hub_token,
@@ -88,7 +89,7 @@ def model_source() -> Path | None:
     """The model's config.json and tokenizer files from the ModelS3Uri inputs, in one directory; None: the hub."""
     model = given_model(processing_input("model"))
     if model is not None:
-        for name in ("tokenizer", "tokenizer-config"):
+        for name in (n for n in MODEL_INPUTS if n != "model"):
             for path in sorted(processing_input(name).glob("*")) if processing_input(name).is_dir() else ():
                 shutil.copy(path, model / path.name)
     return model

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from steps.common import MODEL_INPUTS
+
 CODE_DIR = "/opt/ml/processing/input/code"
 ESTIMATE_FILE, COMPLIANCE_FILE, AUDIT_FILE = "EstimateReport", "ComplianceReport", "AuditReport"
 METRICS = [  # the meter's log lines, charted by SageMaker (regulatory FLOPs so far; tokens)
@@ -190,8 +192,7 @@ def estimate_flops_step(
 
     model = {}
     if model_uri is not None:
-        files = {"model": "config.json", "tokenizer": "tokenizer.json", "tokenizer-config": "tokenizer_config.json"}
-        model = {name: Join(on="/", values=[model_uri, file]) for name, file in files.items()}
+        model = {name: Join(on="/", values=[model_uri, file]) for name, file in MODEL_INPUTS.items()}
     return _processing_step(
         ctx,
         name,
