@@ -52,11 +52,13 @@ def approvers_topic(scope: Construct, key: kms.Key, emails: Sequence[str]) -> sn
 
 
 def function_source() -> Path:
-    """The function's code: the sources of ``meter`` and ``pipelines`` (pure Python; boto3 is in the runtime)."""
+    """The function's code: the sources of ``meter``, ``pipelines`` and ``steps`` (pure Python, which
+    ``pipelines.governed`` imports; boto3 is in the runtime). Not the containers' wheels."""
     staged = Path(tempfile.mkdtemp(prefix="flops-meter-approvals-"))
     atexit.register(shutil.rmtree, staged, True)  # the CDK copies assets into the cloud assembly at construction
-    for package in ("meter", "pipelines"):
-        shutil.copytree(ROOT / package, staged / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in ("meter", "pipelines", "steps"):
+        shutil.copytree(ROOT / package, staged / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.whl"))  # fmt: skip
     return staged
 
 

@@ -402,9 +402,12 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
     asset = synth["outdir"] / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
     assert (asset / "meter" / "flagged.py").read_bytes() == (ROOT / "meter" / "flagged.py").read_bytes()
     assert not list(asset.rglob("__pycache__")) and not (asset / "infra").exists()
+    # every module of ours from the asset, none from this checkout (an editable install would hide a missing one)
     probe = (
         "import sys; import pipelines.notify as n; assert callable(n.handler); "
-        "assert not [m for m in sys.modules if m.split('.')[0] in ('sagemaker', 'torch', 'aws_cdk')], 'heavy import'"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('sagemaker', 'torch', 'aws_cdk')], 'heavy import'; "
+        f"ours = [m for m, v in sys.modules.items() if m.split('.')[0] in ('meter', 'pipelines', 'steps', 'infra')]; "
+        f"assert not [m for m in ours if not sys.modules[m].__file__.startswith({str(asset)!r})], 'not from the asset'"
     )
     run = subprocess.run([sys.executable, "-c", probe], cwd=asset, env={**os.environ, "PYTHONPATH": str(asset)},
                          capture_output=True, text=True)  # fmt: skip
