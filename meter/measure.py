@@ -207,11 +207,13 @@ def _feeds_grad_into_embeddings(live) -> bool:
 
 @dataclass(frozen=True)
 class _Shape:
-    """Where to read a step's FLOPs: the decoder layers' module names (with each layer's sliding window), and the
-    experts modules that run every expert on every token (with the fraction a token routes to)."""
+    """Where to read a step's FLOPs: the decoder layers' module names (with each layer's sliding window), the
+    experts modules that run every expert on every token (with the fraction a token routes to), and the rotary
+    embeddings (whose frequency table is left out)."""
 
     layers: tuple[tuple[str, int | None], ...] = ()
     dense_experts: tuple[tuple[str, Fraction], ...] = ()
+    rotary: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,16 +235,18 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
     try:
         try:
             masked = True
-            first = _step(model, _LENGTHS[0], names)
+            first = _step(model, _LENGTHS[0], names, shape.rotary)
         except RuntimeError as e:
             if "item()" not in str(e):
                 raise
             masked = False  # a mask check the meta device cannot run: no mask, and the cache keeps packing checks off
-            first = _step(model, _LENGTHS[0], names, masked=False)
-        steps = {s: first if s == _LENGTHS[0] else _step(model, s, names, masked=masked) for s in _LENGTHS}
+            first = _step(model, _LENGTHS[0], names, shape.rotary, masked=False)
+        steps = {
+            s: first if s == _LENGTHS[0] else _step(model, s, names, shape.rotary, masked=masked) for s in _LENGTHS
+        }
         longest = _LENGTHS[-1]
         try:
-            kept = _step(model, longest, (), keep=1, masked=masked)
+            kept = _step(model, longest, (), shape.rotary, keep=1, masked=masked)
         except TypeError:  # a forward without logits_to_keep: the head stays in the per-token rate
             kept = None
     finally:
@@ -291,7 +295,7 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
     return executed, regulatory
 
 
-def _step(model, s: int, names, keep: int = 0, masked: bool = True) -> _Step:
+def _step(model, s: int, names, rotary, keep: int = 0, masked: bool = True) -> _Step:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -314,12 +318,8 @@ def _step(model, s: int, names, keep: int = 0, masked: bool = True) -> _Step:
     modules = {n: (by_module.get(n, 0), both.get(n, 0) - by_module.get(n, 0)) for n in names}
     # the rotary frequency table (a bmm of inverse frequencies by positions in transformers < 5.4): computed once
     # per batch from positions alone, no weights, no rows; not model compute, and not a per-token rate
-    rotary = sum(_by_module(counter, prefix, _rotary_modules(model)).values())
-    return _Step((forward - rotary, counter.get_total_flops() - forward), modules)
-
-
-def _rotary_modules(model) -> list[str]:
-    return [name for name, m in model.named_modules() if name and type(m).__name__.endswith("RotaryEmbedding")]
+    table = sum(_by_module(counter, prefix, rotary).values())
+    return _Step((forward - table, counter.get_total_flops() - forward), modules)
 
 
 @contextlib.contextmanager
@@ -374,7 +374,10 @@ def _shape(model) -> _Shape:
     experts = _num_experts(config)
     layers: tuple[tuple[str, int | None], ...] = ()
     dense: list[tuple[str, Fraction]] = []
+    rotary = []
     for name, module in model.named_modules():
+        if name and type(module).__name__.endswith("RotaryEmbedding"):
+            rotary.append(name)
         children = list(module.children())
         if not layers and n_layers and type(module).__name__ == "ModuleList" and len(children) == n_layers:
             windows = [
@@ -391,7 +394,7 @@ def _shape(model) -> _Shape:
             dense.append((name, Fraction(config.num_experts_per_tok, config.num_local_experts)))
     if not any(w is not None for _, w in layers):
         layers = ()  # nothing to credit: the totals suffice
-    return _Shape(layers, tuple(dense))
+    return _Shape(layers, tuple(dense), tuple(rotary))
 
 
 # experts modules that run every expert on every token (the router zeroes the unrouted ones' contribution)
