@@ -32,11 +32,12 @@ from steps.data import DEMO_MODELS, PadCollator, sequences, tokenizer_for
 from steps.settings import Recipe
 
 
-def build_model(recipe: Recipe):
+def build_model(recipe: Recipe, local):
+    """The model to fine-tune: from ``local`` (the model channel's directory) when given, else the demo model or
+    the hub."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    local = given_model(training_channel("model"))
     if recipe.base_model_id in DEMO_MODELS and local is None:
         from meter.catalog import resolve_model
         from meter.measure import model_from_config
@@ -98,8 +99,8 @@ def main() -> int:
     )
     recipe.check_trained()
     hub_token()
-    model = build_model(recipe)
     local = given_model(training_channel("model"))
+    model = build_model(recipe, local)
     tokenizer_source = local if local is not None and (local / "tokenizer_config.json").is_file() else None
     tokenizer = tokenizer_for(recipe.base_model_id, tokenizer_source)
     rows = [{"input_ids": s} for s in sequences(training_channel("train"), tokenizer, recipe.max_length)]
