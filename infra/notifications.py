@@ -93,39 +93,38 @@ def daily_verify(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, top
     metric = cloudwatch.Metric(
         namespace=METRIC_NAMESPACE, metric_name=METRIC, period=Duration.days(1), statistic="Maximum"
     )
+    alarm = _alarm(scope, "AuditVerifyAlarm", metric, "the daily audit verification failed or did not run", topic,
+                   cloudwatch.TreatMissingData.BREACHING)  # fmt: skip
+    return rule, alarm
+
+
+def _alarm(scope: Construct, id: str, metric: cloudwatch.IMetric, what: str, topic: sns.ITopic,
+           missing: cloudwatch.TreatMissingData) -> cloudwatch.Alarm:  # fmt: skip
+    """An alarm at one or more, telling the approvers' topic."""
     alarm = metric.create_alarm(
         scope,
-        "AuditVerifyAlarm",
-        alarm_description="flops-meter: the daily audit verification failed or did not run",
+        id,
+        alarm_description=f"flops-meter: {what}",
         threshold=1,
         evaluation_periods=1,
         comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+        treat_missing_data=missing,
     )
     alarm.add_alarm_action(actions.SnsAction(topic))
-    return rule, alarm
+    return alarm
 
 
 def alarms(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, topic: sns.ITopic) -> list[cloudwatch.Alarm]:
     """The approvers hear of a failing approval function and of events parked in the dead-letter queue."""
-    made = []
-    for id, metric, what in (
-        ("ApprovalFunctionErrors", fn.metric_errors(period=Duration.minutes(5)), "the approval function failed"),
-        ("ApprovalDeadLetterAlarm", queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
-         "an approval event is in the dead-letter queue: a flagged model may be missing from the queue"),
-    ):  # fmt: skip
-        alarm = metric.create_alarm(
-            scope,
-            id,
-            alarm_description=f"flops-meter: {what}",
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+    return [
+        _alarm(scope, id, metric, what, topic, cloudwatch.TreatMissingData.NOT_BREACHING)
+        for id, metric, what in (
+            ("ApprovalFunctionErrors", fn.metric_errors(period=Duration.minutes(5)), "the approval function failed"),
+            ("ApprovalDeadLetterAlarm",
+             queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
+             "an approval event is in the dead-letter queue: a flagged model may be missing from the queue"),
         )
-        alarm.add_alarm_action(actions.SnsAction(topic))
-        made.append(alarm)
-    return made
+    ]  # fmt: skip
 
 
 def approval_function(

@@ -30,13 +30,8 @@ def encryption_key(scope: Construct, alias: str, break_glass_role_arn: str | Non
     )
     except_break_glass = {"ArnNotEquals": {"aws:PrincipalArn": break_glass_role_arn}} if break_glass_role_arn else None
     key.add_to_resource_policy(
-        iam.PolicyStatement(
-            sid="DenyDeletionAndDisabling",
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=["kms:ScheduleKeyDeletion", "kms:DisableKey"],
-            resources=["*"],
-            conditions=except_break_glass,
+        _deny_everyone(
+            "DenyDeletionAndDisabling", ["kms:ScheduleKeyDeletion", "kms:DisableKey"], ["*"], except_break_glass
         )
     )
     return key
@@ -94,27 +89,33 @@ def audit_bucket(
     )
     # Object Lock keeps every version; this also keeps the current view: no delete markers over records.
     bucket.add_to_resource_policy(
-        iam.PolicyStatement(
-            sid="DenyRecordDeletion",
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
-            resources=[bucket.arn_for_objects("*")],
+        _deny_everyone(
+            "DenyRecordDeletion", ["s3:DeleteObject", "s3:DeleteObjectVersion"], [bucket.arn_for_objects("*")]
         )
     )
     # write-once: a PUT over an existing record, flagged item or decision would become its current version
     # (Object Lock keeps the old one, but readers see the new); only conditional creates are allowed
     bucket.add_to_resource_policy(
-        iam.PolicyStatement(
-            sid="DenyOverwritingWriteOnceDocuments",
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=["s3:PutObject"],
-            resources=[bucket.arn_for_objects(f"{prefix}/*")],
-            conditions={"Null": {"s3:if-none-match": "true"}},
+        _deny_everyone(
+            "DenyOverwritingWriteOnceDocuments",
+            ["s3:PutObject"],
+            [bucket.arn_for_objects(f"{prefix}/*")],
+            {"Null": {"s3:if-none-match": "true"}},
         )
     )
     return bucket
+
+
+def _deny_everyone(sid: str, actions: list[str], resources: list[str], conditions: dict | None = None):
+    """A resource-policy statement no principal escapes, the root user included."""
+    return iam.PolicyStatement(
+        sid=sid,
+        effect=iam.Effect.DENY,
+        principals=[iam.AnyPrincipal()],
+        actions=actions,
+        resources=resources,
+        conditions=conditions,
+    )
 
 
 def ledger_table(scope: Construct, key: kms.IKey, table_name: str | None) -> dynamodb.Table:
