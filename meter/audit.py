@@ -52,6 +52,11 @@ def record_hash(record: dict[str, Any]) -> str:
     return sha256_hex(canonical_json({k: v for k, v in record.items() if k != "record_sha256"}))
 
 
+def hashes_to(record: Any, sha: str | None) -> bool:
+    """Whether a record is the one published under ``sha``: its content hashes to it, and it says so itself."""
+    return isinstance(record, dict) and record_hash(record) == sha and record.get("record_sha256") == sha
+
+
 def content_hash(record: dict[str, Any]) -> str:
     """The hash of what a run says, without its place in the chain: equal for an idempotent retry."""
     return sha256_hex(canonical_json({k: v for k, v in record.items() if k not in CHAIN_FIELDS}))
@@ -174,7 +179,7 @@ def verify_chain(entries: list[LedgerEntry], fetch) -> VerifyReport:
             record = json.loads(data)
         except json.JSONDecodeError:
             return VerifyReport(False, index - 1, name, "record is not valid JSON (altered)")
-        if record_hash(record) != entry.record_sha256 or record.get("record_sha256") != entry.record_sha256:
+        if not hashes_to(record, entry.record_sha256):
             return VerifyReport(False, index - 1, name, "content does not match its SHA-256 (altered)")
         if record.get("previous_record_sha256") != previous or record.get("sequence") != entry.sequence:
             return VerifyReport(False, index - 1, name, "chain link broken: previous record differs")

@@ -37,7 +37,7 @@ from meter.audit import (
     VerifyReport,
     canonical_json,
     content_hash,
-    record_hash,
+    hashes_to,
     seal,
     verify_chain,
 )
@@ -491,7 +491,7 @@ class S3Store:
         data = self._get_bytes(self.key(sha))
         if data is None:
             data = self._ledger_copy(sha)
-            if data is None or record_hash(json.loads(data)) != sha:
+            if data is None or not hashes_to(json.loads(data), sha):
                 raise MeterError(f"no record {sha} in {self.uri}, and no intact copy in its ledger entry")
             self._put_object(sha, data)
         return json.loads(data)
