@@ -19,20 +19,6 @@ from typing import Any
 DRIVER_SUFFIXES = (".sh", ".py", ".json")
 
 
-def _training_step(definition: dict[str, Any]) -> dict[str, Any]:
-    def walk(steps):
-        for step in steps:
-            if step["Type"] == "Training":
-                return step
-            if step["Type"] == "Condition":
-                found = walk(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"])
-                if found:
-                    return found
-        return None
-
-    return walk(definition["Steps"])
-
-
 def _artifact_for(uri: str, artifacts: dict[str, Any], bucket: str) -> tuple[Any, str]:
     """The artifact at an S3 URI of the definition, and the file below its prefix that the URI names (if any)."""
     key = uri.removeprefix(f"s3://{bucket}/")
@@ -53,7 +39,9 @@ def prepare(governed, opt_ml: Path, params: dict[str, str] | None = None) -> tup
             return values[value["Get"].removeprefix("Parameters.")]
         return value
 
-    args = _training_step(definition)["Arguments"]
+    from tests.test_pipeline import steps_by_name
+
+    args = next(s for s in steps_by_name(definition).values() if s["Type"] == "Training")["Arguments"]
     bucket = governed.config.bucket
     data = opt_ml / "input" / "data"
     channels = {}
