@@ -11,15 +11,31 @@ CDK := PATH="$(CURDIR)/$(BIN):$$PATH" CDK_DISABLE_CLI_TELEMETRY=true npx --yes $
 
 .PHONY: demo test contract lint bench clean browser synth bootstrap deploy destroy vendor
 
-$(STAMP): pyproject.toml
+# The demo's own install: the meter with transformers and the SageMaker SDK (`flops-meter[demo]`), about 1.5 min
+# with a warm package cache; `make test` installs the full development set (`.[dev]`) over it. pip's own lines
+# (Collecting …, Installing …) are the progress.
+DEMO_STAMP := $(VENV)/.demo-installed
+define install
+	@echo "==> [1/3] $(VENV): a virtual environment ($$($(PY) --version))"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "==> [2/3] torch 2.13.0"
+	$(BIN)/pip install --progress-bar on torch==2.13.0
+	@echo "==> [3/3] flops-meter[$(1)]: $(2)"
+	$(BIN)/pip install --progress-bar on -e '.[$(1)]'
+endef
 
-demo: $(STAMP)
+$(STAMP): pyproject.toml
+	$(call install,dev,everything the tests use: transformers · peft · TRL · moto · the SageMaker SDK · CDK · ruff)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install,demo,what the demo needs: transformers · peft · the SageMaker SDK)
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/flops-meter pipeline demo
+	@echo "The CLI is $(BIN)/flops-meter: run 'source $(BIN)/activate' to call it as flops-meter."
 
 # Headless Chromium renders the HTML report in the tests; installed from Debian's packages where we are root.
 browser:

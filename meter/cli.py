@@ -151,12 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     heads = asub.add_parser("heads", help="export every chain's head, to keep outside the store (JSON on stdout)")
     heads.add_argument("--store", help="audit store URI")
     rep = sub.add_parser("report", help="a human-readable report of one audit record, with a plot")
-    rep.add_argument("record", help="an audit record: its SHA-256 (or a unique prefix) in --store, or a JSON file")
-    rep.add_argument("--store", help="audit store URI")
-    rep.add_argument("--format", choices=("md", "html"), default="html")
+    rep.add_argument(
+        "record", help="in --store: a record's SHA-256 (or a unique prefix) or a lineage (its latest); or a file"
+    )
+    rep.add_argument("--store", help="audit store URI (also where the decision on the record is looked up)")
+    rep.add_argument(
+        "--format", choices=("md", "html", "pdf"), default="html", help="pdf: the HTML printed by headless Chromium"
+    )
     rep.add_argument("--out", help="output file (default report.<format>)")
     show = asub.add_parser("show", help="show one record")
-    show.add_argument("record", help="the record's SHA-256 (or a unique prefix)")
+    show.add_argument("record", help="the record's SHA-256 (or a unique prefix), or a lineage id (its latest record)")
     show.add_argument("--store", help="audit store URI")
     show.add_argument("--json", action="store_true")
     try:  # the pipeline commands live with the pipeline (absent in training containers, which get meter/ and steps/)
@@ -652,20 +656,26 @@ def cmd_audit(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from meter.report import write_report
+    from meter.report import decision_for, write_report
+    from meter.stores import open_store
 
     if Path(args.record).is_file():
         record = _read_json(args.record, "audit record")
         if record.get("record_type") != "flops_meter.audit":
             raise MeterError(f"{args.record} is not an audit record: publish the run first (flops-meter audit publish)")
         record = _intact(record, record.get("record_sha256"))
+        store = open_store(args.store, create=False)  # the decision, where a store is there to hold one
     else:
-        from meter.stores import open_store
-
         store = open_store(args.store)
         sha = _resolve_sha(store, args.record)
         record = _intact(store.get(sha), sha)
-    written = write_report(record, Path(args.out or f"report.{args.format}"), args.format)
+    written = write_report(
+        record,
+        Path(args.out or f"report.{args.format}"),
+        args.format,
+        decision=decision_for(store, record),
+        decision_source=store.uri if store is not None else None,
+    )
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -679,10 +689,18 @@ def _intact(record: dict, sha: str | None) -> dict:
     return record
 
 
-def _resolve_sha(store, prefix: str) -> str:
-    matches = sorted({e.record_sha256 for e in store.entries() if e.record_sha256.startswith(prefix.lower())})
+def _resolve_sha(store, ref: str) -> str:
+    """A record by its SHA-256 or a unique prefix of it, or a lineage's id for that lineage's latest record."""
+    entries = store.entries()
+    matches = sorted({e.record_sha256 for e in entries if e.record_sha256.startswith(ref.lower())})
+    if not matches:
+        lineage = [e for e in entries if e.lineage == ref]
+        matches = [max(lineage, key=lambda e: e.sequence).record_sha256] if lineage else []
     if len(matches) != 1:
-        raise MeterError(f"record {prefix!r} {'is ambiguous' if matches else 'not found'} in {store.uri}")
+        raise MeterError(
+            f"record {ref!r} {'is ambiguous' if matches else 'not found'} in {store.uri}: give a record's SHA-256 "
+            "(or a unique prefix) or a lineage id (see flops-meter audit verify)"
+        )
     return matches[0]
 
 

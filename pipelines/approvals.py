@@ -269,6 +269,7 @@ def add_parser(sub) -> None:
     common(ls)
     ls.add_argument("--status", choices=STATUSES, help="only items with this status")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
+    ls.add_argument("--ids", action="store_true", help="print only the ids, one per line, oldest first (for scripts)")
     sh = asub.add_parser("show", help="one item: verdict, figures, record, report, decision")
     sh.add_argument("id", help="the item id (or a unique prefix; or its record's SHA-256)")
     common(sh)
@@ -303,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
         items = [i for i in load_items(store) if args.status in (None, i.status)]
         if args.json:
             print(json.dumps([i.to_dict() for i in items], indent=2))
+        elif args.ids:
+            print("\n".join(i.id for i in items))
         else:
             print_items(items, store.uri)
         return 0

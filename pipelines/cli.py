@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     dm.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
     dm.add_argument("--verbose", action="store_true", help="stream every step's output")
     st = psub.add_parser("status", help="the steps and outcome of a local run")
-    st.add_argument("run", help="run directory or execution id")
+    st.add_argument("run", nargs="?", help="run directory or execution id (default: the latest run under --home)")
     st.add_argument("--home", default="flops-meter-local", metavar="DIR")
     st.add_argument("--json", action="store_true")
 
@@ -200,14 +200,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.local import run_governed
 
     if args.definition:  # any definition: its own parameters, checked by the runner
-        from pipelines.local import LocalRunner
+        from pipelines.local import LocalRunner, local_store_uri
 
         bad = [item for item in args.param if "=" not in item]
         if bad:
             raise MeterError(f"--param {bad[0]!r}: write NAME=VALUE")
         overrides = dict(item.partition("=")[::2] for item in args.param)
         definition = _read_definition(args.definition)
-        execution = LocalRunner(Path(args.home), quiet=args.quiet).run(definition, overrides, args.run_dir)
+        store = local_store_uri(Path(args.home), args.store)  # a definition's s3:// audit store is this one here
+        runner = LocalRunner(Path(args.home), quiet=args.quiet, store_uri=store)
+        execution = runner.run(definition, overrides, args.run_dir)
     else:
         overrides = parse_params(args.param)
         execution = run_governed(

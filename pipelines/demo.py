@@ -2,12 +2,18 @@
 
 1. as deployed: the plan and the run stay below the threshold; the model is registered, PendingManualApproval;
 2. with a tiny PretrainFlops (1e9 FLOP): the plan crosses, and the pre-flight gate stops it before training;
-3. the same, with AllowPlannedCrossing=true: it trains, crosses, is published, and its registration is blocked.
+3. the same, with AllowPlannedCrossing=true: it trains, crosses, is published, and its registration is blocked;
+
+and then, outside the pipeline, one run of the training script with the meter on, left unpublished at
+``<home>/flops_meter.json``: what the README's "After training" commands classify and publish.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +71,9 @@ def run_demo(home: Path, quiet: bool = True) -> int:
             outcome = execution.status
         table.add_row(title, str(execution.exit_code), planned, ran, threshold, verdict, outcome)
     console.print(table)
+    with console.status("a run outside the pipeline, for the README's classify and publish…"):
+        record = train_unpublished(home)
+    console.print(f"a run of your own, metered and not yet published: {_shown(record)}")
 
     store = local_store_uri(home)
     # the shared default (`audit`, `approvals` and `pipeline run --local` from this directory): no flag needed
@@ -84,7 +93,41 @@ def run_demo(home: Path, quiet: bool = True) -> int:
         console.print(f"  flops-meter approvals list{flag}   # the blocked run waits for a named person's decision")
     console.print(f"  flops-meter pipeline status {last.execution_id} --home {home}")
     console.print("  flops-meter pipeline definition > pipeline.json   # the same pipeline, for SageMaker")
+    console.print(f"  flops-meter classify {_shown(record)} --base-model meta-llama/Meta-Llama-3-8B")
     expected = [0, 1, 1]
     if [e.exit_code for _, e in results] != expected:
         raise MeterError(f"the demo's paths ended {[e.exit_code for _, e in results]}, expected {expected}")
     return 0
+
+
+def train_unpublished(home: Path) -> Path:
+    """The TrainWithMeter script on the demo recipe and data, run as a user's own training job would run it (no
+    pipeline, nothing published); its record is copied to ``<home>/flops_meter.json``."""
+    import steps
+
+    bundled = Path(steps.__file__).parent
+    job = home / "trainer"
+    shutil.rmtree(job, ignore_errors=True)  # a fresh job: never resume the previous demo's checkpoints
+    job.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "OPT_ML": str(job),
+        "SM_CHANNEL_TRAIN": str(bundled / "demo"),
+        "SM_HPS": json.dumps({"recipe": str(bundled / "recipes" / "demo.yaml")}),
+    }
+    log = job / "log.txt"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "steps.train_with_meter"], env=env, stdout=out, stderr=out)
+    record = job / "output" / "data" / "flops_meter.json"
+    if done.returncode != 0 or not record.is_file():
+        raise MeterError(f"the demo's own training run failed (exit {done.returncode}): see {log}")
+    shutil.copy(record, home / "flops_meter.json")
+    return home / "flops_meter.json"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can type it: relative to the working directory when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -337,8 +337,17 @@ def plan(definition: dict[str, Any]) -> dict[str, Node]:
 
 
 class LocalRunner:
-    def __init__(self, home: Path, *, echo: Callable[[str], None] | None = None, quiet: bool = False):
-        self.home = Path(home)
+    def __init__(
+        self,
+        home: Path,
+        *,
+        echo: Callable[[str], None] | None = None,
+        quiet: bool = False,
+        store_uri: str | None = None,
+    ):
+        self.home = Path(home).resolve()  # the steps run in their own directories: a relative home would move
+        # S3 is this machine's objects/ folder; so is the audit store: a definition's s3:// store becomes this one
+        self.store_uri = store_uri
         self.objects = LocalObjects(self.home / "objects")
         self.registry = LocalRegistry(self.home / "registry.db")
         self.echo = echo or (lambda line: print(line, flush=True))
@@ -447,7 +456,7 @@ class LocalRunner:
                 raise StepError(f"step {state.name}: input {item['InputName']} is empty: nothing at {s3['S3Uri']}")
         app = args["AppSpecification"]
         command = [_program(p, opt_ml) for p in app.get("ContainerEntrypoint") or []]
-        command += [str(a) for a in app.get("ContainerArguments") or []]
+        command += [self._store(str(a)) for a in app.get("ContainerArguments") or []]
         env = {k: _mapped(str(v), opt_ml) for k, v in (args.get("Environment") or {}).items()}
         self._subprocess(command, env, opt_ml, execution.run_dir / "steps" / state.name, state)
         outputs = {}
@@ -538,6 +547,11 @@ class LocalRunner:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 child.kill()
         raise ExecutionStopped()
+
+    def _store(self, argument: str) -> str:
+        if self.store_uri and argument.startswith("--store-uri=s3://"):
+            return f"--store-uri={self.store_uri}"
+        return argument
 
 
 @dataclass
@@ -662,8 +676,13 @@ def run_governed(
     return LocalRunner(home, echo=echo, quiet=quiet).run(definition, overrides, run_dir)
 
 
-def load_execution(run: str | Path, home: Path) -> dict[str, Any]:
-    """A finished (or interrupted) run's execution.json, by run directory or execution id."""
+def load_execution(run: str | Path | None, home: Path) -> dict[str, Any]:
+    """A finished (or interrupted) run's execution.json, by run directory or execution id; None: the latest run."""
+    if run is None:
+        runs = sorted((Path(home) / "runs").glob("*/execution.json"))  # execution ids begin with their UTC time
+        if not runs:
+            raise MeterError(f"no runs under {Path(home) / 'runs'}: run one with flops-meter pipeline run --local")
+        run = runs[-1].parent
     for candidate in (Path(run), Path(home) / "runs" / str(run)):
         path = candidate / "execution.json"
         if path.is_file():
