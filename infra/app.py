@@ -1,4 +1,5 @@
-"""The CDK app: one stack with the governed fine-tuning pipeline, checked by cdk-nag at every synth.
+"""The CDK app: one stack with the governed fine-tuning pipeline, checked by cdk-nag at every synth (AwsSolutions
+and NIST 800-53 R5).
 
     cdk synth            # or: python3 infra/app.py   (offline: no credentials, no network)
     cdk deploy -c flops-meter:approverEmails=compliance@example.com
@@ -6,7 +7,8 @@
 Settings come from the CDK context (cdk.json, or -c KEY=VALUE):
     flops-meter:stackName              default FlopsMeterGovernance
     flops-meter:pipelineName           default flops-meter-governed
-    flops-meter:modelPackageGroupName  default flops-meter-models
+    flops-meter:modelPackageGroupName  default <stack name>-models-<8 hex digits of the stack's id>: new with each
+                                       stack, never the name of a group retained by a deleted one
     flops-meter:approverEmails         comma-separated addresses (or a JSON list in cdk.json)
     flops-meter:auditRetentionDays     default 3650 (Object Lock COMPLIANCE: cannot be shortened afterwards)
     flops-meter:pipelineSettings       {"training_image": ..., "processing_instance_type": ..., ...}
@@ -48,7 +50,7 @@ def _emails(value: Any) -> list[str]:
 def build(app=None, *, nag: bool = True):
     """(app, stack, construct) with the settings from the app's context."""
     import aws_cdk as cdk
-    from cdk_nag import AwsSolutionsChecks
+    from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
     from infra.construct import GovernedFineTuningPipeline
     from infra.nag import acknowledge
@@ -69,14 +71,14 @@ def build(app=None, *, nag: bool = True):
         stack,
         "Governed",
         pipeline_name=_setting(app, "pipelineName", "flops-meter-governed"),
-        model_package_group_name=_setting(app, "modelPackageGroupName", "flops-meter-models"),
+        model_package_group_name=_setting(app, "modelPackageGroupName"),
         approver_emails=_emails(_setting(app, "approverEmails")),
         audit_retention=cdk.Duration.days(int(days)),
         pipeline_settings=settings,
     )
     acknowledge(governed)
     if nag:
-        cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+        cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), NIST80053R5Checks(app))
     return app, stack, governed
 
 

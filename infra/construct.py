@@ -7,10 +7,12 @@
     GovernedFineTuningPipeline(stack, "Governed", approver_emails=["compliance@example.com"])
 
 It creates a KMS key (rotated), an artifacts bucket and an audit bucket (Object Lock COMPLIANCE, 10 years by
-default: the AI Act keeps technical documentation for 10 years, Art. 18), an access-log bucket, the DynamoDB audit
-ledger, four least-privilege roles, the model package group, the pipeline (the definition ``pipelines/`` builds,
-its code deployed from CDK assets), the approvers' SNS topic, and the approval function that the EventBridge rules
-call when a model is blocked or a package changes state (it writes flagged items and notifies the approvers).
+default: the AI Act keeps technical documentation for 10 years, Art. 18), a CloudTrail trail of the audit bucket's
+data events (in a bucket locked like the records), an access-log bucket, the DynamoDB audit ledger, four
+least-privilege roles, the model package group (named for the stack and its id: see ``unique_group_name``), the
+pipeline (the definition ``pipelines/`` builds, its code deployed from CDK assets), the approvers' SNS topic, and
+the approval function that the EventBridge rules call when a model is blocked or a package changes state (it
+writes flagged items and notifies the approvers).
 """
 
 from __future__ import annotations
@@ -19,14 +21,27 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aws_cdk import Aws, CfnOutput, Duration, Stack, Token
+from aws_cdk import Aws, CfnOutput, Duration, Fn, Stack, Token
 from constructs import Construct
 
-from infra import notifications, pipeline, roles, storage
+from infra import notifications, pipeline, roles, storage, trail
+from pipelines.notify import METRIC_NAMESPACE
 
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker pipeline and model package group names
 _PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,99}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def unique_group_name(scope: Construct) -> str:
+    """``<stack name>-models-<first 8 hex digits of the stack's id>``, in lower case (as SageMaker writes ARNs).
+
+    The stack id (``arn:…:stack/<name>/<uuid>``) stays the same through every update of a stack and is new when a
+    deleted stack is created again: a redeploy after ``make destroy`` never meets the retained group's name, and two
+    stacks never share one. CloudFormation fills the suffix in; the roles, rules and pipeline definition use the
+    same expression."""
+    base = re.sub(r"[^a-z0-9]+", "-", Stack.of(scope).stack_name.lower()).strip("-")[:47] or "flops-meter"
+    suffix = Fn.select(0, Fn.split("-", Fn.select(2, Fn.split("/", Aws.STACK_ID))))
+    return f"{base}-models-{suffix}"
 
 
 def _check(name: str, value: str, pattern: re.Pattern, what: str) -> str:
@@ -40,7 +55,8 @@ class GovernedFineTuningPipeline(Construct):
 
     :param pipeline_name: SageMaker pipeline name. Default ``flops-meter-governed``.
     :param model_package_group_name: where models are registered; also the default lineage. Default
-        ``flops-meter-models``.
+        ``<stack name>-models-<8 hex digits of the stack's id>`` (see ``unique_group_name``): the group is retained
+        when the stack is deleted, and this name never meets it again, nor another stack's group.
     :param prefix: key prefix in the artifacts bucket (code, inputs, executions). Default ``flops-meter``.
     :param audit_prefix: key prefix of the records in the audit bucket. Default ``records``.
     :param audit_retention: default Object Lock COMPLIANCE retention of every record. Default 3650 days.
@@ -59,7 +75,7 @@ class GovernedFineTuningPipeline(Construct):
         id: str,
         *,
         pipeline_name: str = "flops-meter-governed",
-        model_package_group_name: str = "flops-meter-models",
+        model_package_group_name: str | None = None,
         prefix: str = "flops-meter",
         audit_prefix: str = "records",
         audit_retention: Duration | None = None,
@@ -71,7 +87,12 @@ class GovernedFineTuningPipeline(Construct):
     ) -> None:
         super().__init__(scope, id)
         _check("pipeline_name", pipeline_name, _NAME, "letters, digits and hyphens, at most 63")
-        _check("model_package_group_name", model_package_group_name, _NAME, "letters, digits and hyphens, at most 63")
+        if model_package_group_name is None:
+            model_package_group_name = unique_group_name(self)
+        else:
+            _check(
+                "model_package_group_name", model_package_group_name, _NAME, "letters, digits and hyphens, at most 63"
+            )
         _check("prefix", prefix, _PREFIX, "a key prefix without slashes, e.g. flops-meter")
         _check("audit_prefix", audit_prefix, _PREFIX, "a key prefix without slashes, e.g. records")
         for email in approver_emails:
@@ -91,7 +112,15 @@ class GovernedFineTuningPipeline(Construct):
         self.audit_bucket = storage.audit_bucket(self, self.key, self.log_bucket, retention, audit_prefix)
         self.ledger = storage.ledger_table(self, self.key, ledger_table_name)
         self.audit_store_uri = pipeline.audit_store_uri(
-            self.audit_bucket.bucket_name, audit_prefix, self.ledger.table_name, Aws.REGION
+            self.audit_bucket.bucket_name, audit_prefix, self.ledger.table_name, Aws.REGION, int(days)
+        )
+        self.trail, self.trail_bucket, self.trail_log_group, self.trail_role, tampering = trail.audit_trail(
+            self,
+            key=self.key,
+            audit=self.audit_bucket,
+            access_logs=self.log_bucket,
+            retention=retention,
+            metric_namespace=METRIC_NAMESPACE,
         )
 
         # roles
@@ -117,11 +146,9 @@ class GovernedFineTuningPipeline(Construct):
         from pipelines.governed import build
 
         names = dict(
-            pipeline_name=pipeline_name,
-            prefix=prefix,
-            model_package_group=model_package_group_name,
-            audit_prefix=audit_prefix,
+            pipeline_name=pipeline_name, prefix=prefix, audit_prefix=audit_prefix, audit_retention_days=int(days)
         )
+        self.model_package_group_name = model_package_group_name
         self.tokens = {
             "region": Aws.REGION,
             "bucket": self.artifacts_bucket.bucket_name,
@@ -131,6 +158,7 @@ class GovernedFineTuningPipeline(Construct):
             "kms_key_id": self.key.key_arn,
             "audit_bucket": self.audit_bucket.bucket_name,
             "ledger_table": self.ledger.table_name,
+            "model_package_group": model_package_group_name,
             **image_tokens,
         }
         self.settings, self.names = settings, names
@@ -178,11 +206,13 @@ class GovernedFineTuningPipeline(Construct):
         self.verify_rule, self.verify_alarm = notifications.daily_verify(
             self, self.approval_function, self.dead_letters, self.topic
         )
+        self.tampering_alarm = notifications.tampering_alarm(self, tampering, self.topic)
 
         for name, value, description in (
             ("ArtifactsBucketName", self.artifacts_bucket.bucket_name, "code, inputs, executions, models"),
             ("AuditBucketName", self.audit_bucket.bucket_name, "audit records under Object Lock COMPLIANCE"),
-            ("AccessLogBucketName", self.log_bucket.bucket_name, "server access logs of both buckets"),
+            ("AccessLogBucketName", self.log_bucket.bucket_name, "server access logs of the other buckets"),
+            ("AuditTrailBucketName", self.trail_bucket.bucket_name, "CloudTrail data events of the audit bucket"),
             ("LedgerTableName", self.ledger.table_name, "DynamoDB audit ledger"),
             ("AuditStoreUri", self.audit_store_uri, "for flops-meter audit/approvals --store"),
             ("PipelineName", pipeline_name, "SageMaker pipeline"),

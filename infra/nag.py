@@ -1,12 +1,19 @@
-"""cdk-nag acknowledgements, each on the one construct it concerns and with the reason a reviewer needs.
+"""cdk-nag acknowledgements, each on the one resource it concerns and with the reason a reviewer needs.
 
-Every finding of ``AwsSolutionsChecks`` not listed here fails the synth. The only findings are resource
-wildcards that AWS or SageMaker make unavoidable, and the runtime of the CDK's own deployment function.
+Every finding of ``AwsSolutionsChecks`` and ``NIST80053R5Checks`` not listed here fails the synth. AwsSolutions
+finds resource wildcards that AWS or SageMaker make unavoidable, and the runtime of the CDK's own deployment
+function. NIST 800-53 R5 finds design choices, each answered below: no cross-region replication (one region's
+stack), SSE-S3 where S3 log delivery demands it, PITR instead of an AWS Backup plan, inline policies, and Lambda
+functions without VPC, reserved concurrency or (for the CDK's deployment function) a dead-letter queue.
 """
 
 from __future__ import annotations
 
+import json
+
 import aws_cdk as cdk
+
+from infra.roles import arn_name
 
 NO_RESOURCE_LEVEL = (
     "ecr:GetAuthorizationToken and cloudwatch:PutMetricData support no resource-level permissions; PutMetricData "
@@ -49,8 +56,69 @@ VERIFY_METRIC = (
 )
 
 
+# NIST 800-53 R5
+NO_REPLICA = (
+    "cross-region replication needs a destination bucket in a second region, which this one-region stack does "
+    "not own; {what}. Add a replication rule to your own destination bucket if your policy asks for a second region"
+)
+REPLICA_LOCKED = "every version here is kept by Object Lock COMPLIANCE and S3 stores it across availability zones"
+REPLICA_ARTIFACTS = "versioned; the code and inputs are rebuilt from the repository, models from their executions"
+REPLICA_LOGS = "access logs are operational evidence kept versioned; the trail keeps the audit bucket's data events"
+SSE_S3_LOGS = (
+    "S3 server access log delivery writes only to buckets encrypted with SSE-S3 (AES256), never SSE-KMS: this "
+    "bucket holds only the other buckets' access logs"
+)
+BACKUP_PLAN = (
+    "point-in-time recovery (35 days), deletion protection and retention on stack deletion protect the ledger; "
+    "every ledger item is also sealed in its record under Object Lock (lineage, sequence, previous hash), and the "
+    "daily audit verify compares them. An AWS Backup plan needs a vault and a role with an AWS-managed policy; add "
+    "the table to your organisation's backup plan if it has one"
+)
+INLINE = (
+    "by design: each role's statements are written out for that role alone (infra/roles.py) and live and die with "
+    "it; a managed policy could be attached to other principals and widen their rights. The one managed policy, "
+    "ApproverPolicy, is meant for attaching"
+)
+CONCURRENCY = (
+    "reserved concurrency is taken from the account's unreserved pool and fails the deployment in accounts at the "
+    "minimum (new accounts have 10); the approval function runs a few times a day, and EventBridge retries with a "
+    "dead-letter queue absorb throttling"
+)
+DEPLOYMENT_CONCURRENCY = "the CDK's deployment function runs once per deployment, invoked by CloudFormation only"
+NO_VPC = (
+    "the function calls only AWS APIs (S3, DynamoDB, SNS, SageMaker, CloudWatch) over TLS with its role and serves "
+    "nothing on a network; this stack has no VPC, and one would need NAT or interface endpoints without a gain"
+)
+DEPLOYMENT_DLQ = (
+    "CloudFormation invokes the CDK's deployment function synchronously as a custom resource: a failure fails and "
+    "rolls back the deployment, there is no event to park in a dead-letter queue"
+)
+
+
+def flat(value) -> str:
+    """A resolved CloudFormation value as cdk-nag writes it in finding ids (its flattenCfnReference)."""
+    if isinstance(value, str):
+        return value.replace("${", "<").replace("}", ">")
+    if isinstance(value, dict) and "Fn::Join" in value:
+        delimiter, items = value["Fn::Join"]
+        return delimiter.join(flat(v) for v in items)
+    if isinstance(value, dict) and "Ref" in value:
+        return f"<{flat(value['Ref'])}>"
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return "<{}.{}>".format(*(flat(v) for v in value["Fn::GetAtt"]))
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _ack(construct, finding: str, reason: str) -> None:
     cdk.Validations.of(construct).acknowledge(cdk.Acknowledgment(id=f"AwsSolutions::{finding}", reason=reason))
+
+
+def _nist(construct, rule: str, reason: str) -> None:
+    """On the CloudFormation resource itself (the narrowest scope) when the construct has one."""
+    resource = construct.node.default_child or construct
+    cdk.Validations.of(resource).acknowledge(
+        cdk.Acknowledgment(id=f"NIST.800.53.R5::NIST.800.53.R5-{rule}", reason=reason)
+    )
 
 
 def _iam5(construct, resource: str, reason: str) -> None:
@@ -82,7 +150,7 @@ def acknowledge(governed) -> None:
         _iam5(governed.audit_role, f"{audit}/{audit_prefix}/{where}", RECORDS)
 
     pipeline_role = governed.pipeline_role
-    group = governed.names["model_package_group"].lower()
+    group = flat(stack.resolve(arn_name(governed.model_package_group_name)))
     for job in ("processing-job", "training-job"):
         _iam5(pipeline_role, region.format(service="sagemaker", resource=f"{job}/pipelines-*"), JOBS)
     _iam5(pipeline_role, region.format(service="sagemaker", resource=f"model-package/{group}/*"), PACKAGES)
@@ -102,3 +170,28 @@ def acknowledge(governed) -> None:
     for child in stack.node.children:  # the deployment's singleton function lives at the stack's root
         if child.node.id.startswith("Custom::CDKBucketDeployment"):
             _ack(child, "AwsSolutions-L1", RUNTIME)
+            _nist(child, "LambdaConcurrency", DEPLOYMENT_CONCURRENCY)
+            _nist(child, "LambdaInsideVPC", NO_VPC)
+            _nist(child, "LambdaDLQ", DEPLOYMENT_DLQ)
+
+    for bucket, what in (
+        (governed.audit_bucket, REPLICA_LOCKED),
+        (governed.trail_bucket, REPLICA_LOCKED),
+        (governed.artifacts_bucket, REPLICA_ARTIFACTS),
+        (governed.log_bucket, REPLICA_LOGS),
+    ):
+        _nist(bucket, "S3BucketReplicationEnabled", NO_REPLICA.format(what=what))
+    _nist(governed.log_bucket, "S3DefaultEncryptionKMS", SSE_S3_LOGS)
+    _nist(governed.ledger, "DynamoDBInBackupPlan", BACKUP_PLAN)
+    for role in (
+        governed.analysis_role,
+        governed.training_role,
+        governed.audit_role,
+        governed.pipeline_role,
+        governed.code_deployment_role,
+        governed.approval_function_role,
+        governed.trail_role,
+    ):
+        _nist(role, "IAMNoInlinePolicy", INLINE)
+    _nist(governed.approval_function, "LambdaConcurrency", CONCURRENCY)
+    _nist(governed.approval_function, "LambdaInsideVPC", NO_VPC)

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from aws_cdk import Duration, Stack
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
 from aws_cdk import aws_events as events
@@ -30,7 +30,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra.roles import allow, least_privilege_role
+from infra.roles import allow, arn_name, least_privilege_role
 from pipelines.governed import PLAN_CROSSES, REGISTRATION_BLOCKED
 from pipelines.notify import METRIC, METRIC_NAMESPACE, PACKAGE_STATE, STEP_STATUS, VERIFY_EVENT
 
@@ -48,6 +48,20 @@ def approvers_topic(scope: Construct, key: kms.Key, emails: Sequence[str]) -> sn
     )
     for email in emails:
         topic.add_subscription(subscriptions.EmailSubscription(email))
+    # the stack's alarms publish as CloudWatch (the topic policy replaces SNS's default one, which let them);
+    # this account's alarms in this region only
+    stack = Stack.of(scope)
+    topic.add_to_resource_policy(iam.PolicyStatement(
+        sid="CloudWatchAlarmsOfThisAccountPublish",
+        principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+        actions=["sns:Publish"],
+        resources=[topic.topic_arn],
+        conditions={
+            "ArnLike": {"aws:SourceArn": stack.format_arn(
+                service="cloudwatch", resource="alarm", resource_name="*", arn_format=ArnFormat.COLON_RESOURCE_NAME)},
+            "StringEquals": {"aws:SourceAccount": stack.account},
+        },
+    ))  # fmt: skip
     return topic
 
 
@@ -114,6 +128,13 @@ def _alarm(scope: Construct, id: str, metric: cloudwatch.IMetric, what: str, top
     return alarm
 
 
+def tampering_alarm(scope: Construct, metric: cloudwatch.IMetric, topic: sns.ITopic) -> cloudwatch.Alarm:
+    """The approvers hear of the first attempt to delete, unlock or overwrite a record (infra.trail's metric)."""
+    return _alarm(scope, "AuditTamperingAlarm", metric,
+                  "a request to delete, unlock or overwrite an audit record, or one S3 refused: see the audit trail",
+                  topic, cloudwatch.TreatMissingData.NOT_BREACHING)  # fmt: skip
+
+
 def alarms(scope: Construct, fn: lambda_.IFunction, queue: sqs.IQueue, topic: sns.ITopic) -> list[cloudwatch.Alarm]:
     """The approvers hear of a failing approval function and of events parked in the dead-letter queue."""
     return [
@@ -141,9 +162,9 @@ def approval_function(
 ) -> tuple[lambda_.Function, iam.Role]:
     """The function and its role (written out here; the function gets it without policy updates)."""
     stack = Stack.of(scope)
-    log_group = logs.LogGroup(scope, "ApprovalFunctionLogs", retention=logs.RetentionDays.ONE_YEAR)
+    log_group = logs.LogGroup(scope, "ApprovalFunctionLogs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=key)
     packages = stack.format_arn(
-        service="sagemaker", resource="model-package", resource_name=f"{model_package_group.lower()}/*"
+        service="sagemaker", resource="model-package", resource_name=f"{arn_name(model_package_group)}/*"
     )
     role = least_privilege_role(
         scope,
@@ -180,6 +201,7 @@ def approval_function(
         timeout=Duration.seconds(60),
         memory_size=256,
         environment={"AUDIT_STORE_URI": audit_store_uri, "TOPIC_ARN": topic.topic_arn},
+        environment_encryption=key,  # its role may decrypt with the key (above)
         dead_letter_queue=dead_letter_queue,  # an asynchronous invocation that fails its retries lands there
     )
     return function, role

@@ -53,6 +53,7 @@ PLACEHOLDERS = {
     "kms_key_id": "arn:aws:kms:zz-flopsmeter-1:000000000000:key/flops-meter-placeholder-key",
     "audit_bucket": "flops-meter-placeholder-audit",
     "ledger_table": "flops-meter-placeholder-ledger",
+    "model_package_group": "flops-meter-placeholder-models",
 }
 # the SDK's images where the deployer sets none: one per region, looked up by CloudFormation (a region-agnostic stack)
 IMAGE_KINDS = ("training", "processing", "inference")
@@ -72,10 +73,12 @@ def check_settings(settings: Mapping[str, Any]) -> PipelineConfig:
     return PipelineConfig.load(**settings)
 
 
-def audit_store_uri(audit_bucket: str, prefix: str, table: str, region: str) -> str:
-    # retention=bucket: records take the bucket's default COMPLIANCE retention; the audit role needs no
-    # s3:PutObjectRetention
-    return f"s3://{audit_bucket}/{prefix}?table={table}&region={region}&retention=bucket"
+def audit_store_uri(audit_bucket: str, prefix: str, table: str, region: str, retention_days: int) -> str:
+    # retention=bucket: records take the bucket's default COMPLIANCE retention (the audit role needs no
+    # s3:PutObjectRetention), which the store checks is at least retention_days before it writes and when it verifies
+    return (
+        f"s3://{audit_bucket}/{prefix}?table={table}&region={region}&retention=bucket&retention_days={retention_days}"
+    )
 
 
 def deployed_config(
@@ -83,8 +86,8 @@ def deployed_config(
     *,
     pipeline_name: str,
     prefix: str,
-    model_package_group: str,
     audit_prefix: str,
+    audit_retention_days: int,
     values: Mapping[str, str],
 ) -> PipelineConfig:
     """The PipelineConfig of a deployment, for given values of the PLACEHOLDERS keys (placeholders or real)."""
@@ -100,8 +103,10 @@ def deployed_config(
         training_role_arn=values["training_role_arn"],
         audit_role_arn=values["audit_role_arn"],
         kms_key_id=values["kms_key_id"],
-        audit_store_uri=audit_store_uri(values["audit_bucket"], audit_prefix, values["ledger_table"], values["region"]),
-        model_package_group=model_package_group,
+        audit_store_uri=audit_store_uri(
+            values["audit_bucket"], audit_prefix, values["ledger_table"], values["region"], audit_retention_days
+        ),
+        model_package_group=values["model_package_group"],
     )
 
 
@@ -177,7 +182,7 @@ def code_deployment(
     actions (s3:GetObject*, kms:GenerateDataKey*), so it receives the role without policy updates.
     """
     asset = s3_assets.Asset(scope, "CodeAsset", path=str(_stage(artifacts, prefix)))
-    log_group = logs.LogGroup(scope, "CodeDeploymentLogs", retention=logs.RetentionDays.ONE_YEAR)
+    log_group = logs.LogGroup(scope, "CodeDeploymentLogs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=key)
     role = least_privilege_role(
         scope,
         "CodeDeploymentRole",

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, Aws, Stack
+from aws_cdk import ArnFormat, Aws, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -26,6 +26,12 @@ from constructs import Construct
 
 SAGEMAKER = iam.ServicePrincipal("sagemaker.amazonaws.com")
 _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([^.]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)")
+
+
+def arn_name(group: str) -> str:
+    """A model package group's name as SageMaker writes it in ARNs: lower case. The default name is a CloudFormation
+    expression built in lower case (infra.construct.unique_group_name), used as it is."""
+    return group if Token.is_unresolved(group) else group.lower()
 
 
 def allow(actions: Sequence[str], resources: Sequence[str], conditions: dict | None = None) -> iam.PolicyStatement:
@@ -158,7 +164,7 @@ def pipeline_role(scope: Construct, a: Access, step_roles: Sequence[iam.IRole]) 
     def sagemaker_arn(resource: str, name: str) -> str:
         return stack.format_arn(service="sagemaker", resource=resource, resource_name=name)
 
-    group = a.model_package_group.lower()  # SageMaker writes its ARNs in lower case
+    group = arn_name(a.model_package_group)
     jobs = [sagemaker_arn("processing-job", "pipelines-*"), sagemaker_arn("training-job", "pipelines-*")]
     packages = [sagemaker_arn("model-package-group", group), sagemaker_arn("model-package", f"{group}/*")]
     return least_privilege_role(
@@ -202,7 +208,7 @@ def approver_policy(scope: Construct, a: Access) -> iam.ManagedPolicy:
     approve models of this group. Like the audit role: no delete, no retention change, no ledger write.
     """
     stack = Stack.of(scope)
-    group = a.model_package_group.lower()
+    group = arn_name(a.model_package_group)
     packages = stack.format_arn(service="sagemaker", resource="model-package", resource_name=f"{group}/*")
     package_group = stack.format_arn(service="sagemaker", resource="model-package-group", resource_name=group)
     return iam.ManagedPolicy(
@@ -212,7 +218,10 @@ def approver_policy(scope: Construct, a: Access) -> iam.ManagedPolicy:
         statements=[
             allow(["s3:GetObject"], [a.audit.arn_for_objects(f"{a.audit_prefix}/*")]),
             allow(["s3:PutObject"], [a.audit.arn_for_objects(f"{a.audit_prefix}/decisions/*")]),
-            allow(["s3:ListBucket", "s3:GetBucketObjectLockConfiguration"], [a.audit.bucket_arn]),
+            # audit verify lists the versions of the write-once documents (a second version is tampering)
+            allow(
+                ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketObjectLockConfiguration"], [a.audit.bucket_arn]
+            ),
             allow(["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"], [a.ledger.table_arn]),
             allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [a.key.key_arn]),
             allow(

@@ -7,7 +7,7 @@ logs and the artifacts (models of blocked runs wait there for a decision).
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -30,10 +30,30 @@ def encryption_key(scope: Construct, alias: str, break_glass_role_arn: str | Non
     )
     except_break_glass = {"ArnNotEquals": {"aws:PrincipalArn": break_glass_role_arn}} if break_glass_role_arn else None
     key.add_to_resource_policy(
-        _deny_everyone(
+        deny_everyone(
             "DenyDeletionAndDisabling", ["kms:ScheduleKeyDeletion", "kms:DisableKey"], ["*"], except_break_glass
         )
     )
+    stack = Stack.of(scope)
+    # CloudWatch Logs encrypts this account's log groups in this region with it (the function logs, the trail's
+    # events); the encryption context names the log group, so no other account's or region's group can use it
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="CloudWatchLogsEncryptsThisAccountsLogGroups",
+        principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+        actions=["kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+                 "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey"],
+        resources=["*"],
+        conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+            service="logs", resource="log-group", resource_name="*", arn_format=ArnFormat.COLON_RESOURCE_NAME)}},
+    ))  # fmt: skip
+    # CloudWatch alarms publish to the approvers' topic, which this key encrypts: without this, an alarm's
+    # notification fails on the key (AWS documents no narrower condition for this service's calls)
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="CloudWatchAlarmsPublishToTheEncryptedTopic",
+        principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+        actions=["kms:Decrypt", "kms:GenerateDataKey"],
+        resources=["*"],
+    ))  # fmt: skip
     return key
 
 
@@ -51,13 +71,16 @@ def log_bucket(scope: Construct) -> s3.Bucket:
     )
 
 
-def _bucket(scope: Construct, id: str, key: kms.IKey, logs: s3.IBucket, **extra) -> s3.Bucket:
+def kms_bucket(
+    scope: Construct, id: str, key: kms.IKey, logs: s3.IBucket, *, bucket_key: bool = True, **extra
+) -> s3.Bucket:
+    """Encrypted with the stack's key, versioned, private, TLS-only, owner-enforced, access-logged."""
     return s3.Bucket(
         scope,
         id,
         encryption=s3.BucketEncryption.KMS,
         encryption_key=key,
-        bucket_key_enabled=True,  # one KMS call per bucket key, not per object: cheaper, same key
+        bucket_key_enabled=bucket_key,  # one KMS call per bucket key, not per object: cheaper, same key
         block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
         enforce_ssl=True,
         versioned=True,
@@ -70,7 +93,7 @@ def _bucket(scope: Construct, id: str, key: kms.IKey, logs: s3.IBucket, **extra)
 
 def artifacts_bucket(scope: Construct, key: kms.IKey, logs: s3.IBucket) -> s3.Bucket:
     """Code, inputs, step outputs and model artifacts (also those of blocked runs, which approval may register)."""
-    return _bucket(scope, "Artifacts", key, logs, removal_policy=RemovalPolicy.RETAIN)
+    return kms_bucket(scope, "Artifacts", key, logs, removal_policy=RemovalPolicy.RETAIN)
 
 
 def audit_bucket(
@@ -78,7 +101,7 @@ def audit_bucket(
 ) -> s3.Bucket:
     """Audit records under Object Lock COMPLIANCE: no one, the root user included, can delete or overwrite a
     record version or shorten its retention before it ends."""
-    bucket = _bucket(
+    bucket = kms_bucket(
         scope,
         "Audit",
         key,
@@ -89,14 +112,14 @@ def audit_bucket(
     )
     # Object Lock keeps every version; this also keeps the current view: no delete markers over records.
     bucket.add_to_resource_policy(
-        _deny_everyone(
+        deny_everyone(
             "DenyRecordDeletion", ["s3:DeleteObject", "s3:DeleteObjectVersion"], [bucket.arn_for_objects("*")]
         )
     )
     # write-once: a PUT over an existing record, flagged item or decision would become its current version
     # (Object Lock keeps the old one, but readers see the new); only conditional creates are allowed
     bucket.add_to_resource_policy(
-        _deny_everyone(
+        deny_everyone(
             "DenyOverwritingWriteOnceDocuments",
             ["s3:PutObject"],
             [bucket.arn_for_objects(f"{prefix}/*")],
@@ -106,7 +129,7 @@ def audit_bucket(
     return bucket
 
 
-def _deny_everyone(sid: str, actions: list[str], resources: list[str], conditions: dict | None = None):
+def deny_everyone(sid: str, actions: list[str], resources: list[str], conditions: dict | None = None):
     """A resource-policy statement no principal escapes, the root user included."""
     return iam.PolicyStatement(
         sid=sid,

@@ -177,7 +177,7 @@ def verify_chain(entries: list[LedgerEntry], fetch) -> VerifyReport:
             return VerifyReport(False, index - 1, name, "record object missing from the store")
         try:
             record = json.loads(data)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
             return VerifyReport(False, index - 1, name, "record is not valid JSON (altered)")
         if not hashes_to(record, entry.record_sha256):
             return VerifyReport(False, index - 1, name, "content does not match its SHA-256 (altered)")

@@ -64,7 +64,13 @@ class ResolvedModel:
 def resolve_model(model: str) -> ResolvedModel:
     """A model argument as the CLI takes it: a config.json path, a model directory, or a (bundled) HF model id."""
     path = Path(model)
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise MeterError(
+            f"--model: {e.strerror} ({len(model)} characters): give a shorter path or a model id"
+        ) from None
+    if exists:
         from meter.spec import load_config
 
         cfg = load_config(path)

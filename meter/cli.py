@@ -8,13 +8,17 @@
 ``flops-meter report``    a Markdown or HTML report of one record, with a plot of compute against the threshold.
 
 Exit status: 0 success, 1 a crossed threshold (classify --fail-on-cross) or a broken chain (audit verify),
-2 bad input (one line on stderr, no traceback).
+2 bad input (one line on stderr naming the input, no traceback), 3 an internal error (one line; FLOPS_METER_DEBUG=1
+shows the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -25,21 +29,43 @@ from meter.errors import MeterError
 from meter.parts import DEFAULT_SCOPE, SCOPES
 from meter.trainer_plan import TRAINERS
 
+# counts beyond any training run (the largest pretraining runs saw ~4e13 tokens): a typo, and the products of such
+# counts would overflow the float figures of the report
+_MAX_COUNT = 10**15
+
 
 def _positive_int(name: str):
     def parse(text: str) -> int:
+        problem = f"{name} must be a positive integer up to 1e15, got {text!r}"
         try:
             value = int(text.replace("_", ""))
         except ValueError:
             try:
-                value = float(text)  # 1e6 is a fine way to write a token count
+                number = float(text)  # 1e6 is a fine way to write a token count
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-            if value != int(value):
+                raise argparse.ArgumentTypeError(problem) from None
+            if not math.isfinite(number):
+                raise argparse.ArgumentTypeError(problem) from None
+            if number != int(number):
                 raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-            value = int(value)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+            value = int(number)
+        if not 0 < value <= _MAX_COUNT:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _fraction(name: str):
+    """A fraction in (0, 1]: finite, positive, at most one."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in (0, 1], got {text!r}") from None
+        if not math.isfinite(value) or not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in (0, 1], got {text!r}")
         return value
 
     return parse
@@ -49,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line with a pointer to --help, not the whole usage block."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"flops-meter: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("run", help="the run record written by the meter (flops_meter.json)")
     _original_args(cls)
-    cls.add_argument("--approaching", type=float, default=0.8, help="fraction of the threshold that is 'approaching'")
+    cls.add_argument("--approaching", type=_fraction("--approaching"), default=0.8,
+                     help="fraction of the threshold that is 'approaching' (default 0.8)")  # fmt: skip
     cls.add_argument("--out", default="compliance.json", help="where to write the verdict (default compliance.json)")
     cls.add_argument("--fail-on-cross", action="store_true", help="exit 1 when the threshold is crossed")
     cls.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -562,6 +589,30 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
     return read_json_object(path, what)
 
 
+def _read_run(path: str) -> dict[str, Any]:
+    from meter.governance import check_run_shape
+
+    run = _read_json(path, "run record")
+    check_run_shape(run, f"run record {path}")
+    return run
+
+
+def _read_heads(path: str) -> dict[str, Any]:
+    """An export of chain heads (audit heads): each head an object with its sequence and record hash."""
+    from meter.jsonfile import check_shape
+
+    heads = _read_json(path, "exported chain heads")
+    if heads.get("record_type") != "flops_meter.heads":
+        raise MeterError(f"{path} is not an export of chain heads: write one with flops-meter audit heads")
+    where = f"exported chain heads {path}"
+    check_shape(heads, {"heads": "object", "decisions": "object", "flagged": "object"}, where)
+    for lineage, head in (heads.get("heads") or {}).items():
+        if not isinstance(head, dict):
+            raise MeterError(f"{where}: heads.{lineage} must be a JSON object with sequence and record_sha256")
+        check_shape(head, {"sequence": "integer+", "record_sha256": "string"}, f"{where}: heads.{lineage}")
+    return heads
+
+
 def _verdict(args, run: dict[str, Any], store=None):
     from meter.governance import run_verdict
     from meter.original import resolve_original
@@ -576,16 +627,16 @@ def _verdict(args, run: dict[str, Any], store=None):
 
 
 def cmd_classify(args) -> int:
-    run = _read_json(args.run, "run record")
+    run = _read_run(args.run)
     from meter.governance import compliance_document
     from meter.stores import open_store
 
     store = open_store(args.store, create=False)  # a local store not there yet holds no earlier runs
     base, lineage, verdict = _verdict(args, run, store)
     doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
-    from pathlib import Path
+    from meter.jsonfile import write_text
 
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(args.out, json.dumps(doc, indent=2) + "\n", "--out")
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -630,9 +681,7 @@ def cmd_audit(args) -> int:
         print(json.dumps(chain_heads(store), indent=2))
         return 0
     if args.audit_command == "verify":
-        heads = _read_json(args.heads, "exported chain heads") if args.heads else None
-        if heads is not None and heads.get("record_type") != "flops_meter.heads":
-            raise MeterError(f"{args.heads} is not an export of chain heads: write one with flops-meter audit heads")
+        heads = _read_heads(args.heads) if args.heads else None
         report = store.verify(args.lineage, heads=heads)
         print(report.line())
         return 0 if report.ok else 1
@@ -708,9 +757,12 @@ def _publish(args, store) -> int:
 
     from meter.governance import compliance_document, file_identity, publish
 
-    run = _read_json(args.run, "run record")
+    run = _read_run(args.run)
     if args.compliance:
+        from meter.governance import check_compliance_shape
+
         compliance = _read_json(args.compliance, "compliance file")
+        check_compliance_shape(compliance, f"compliance file {args.compliance}")
         for key, value in (("base_model", args.base_model), ("lineage", args.lineage)):
             if value:
                 compliance[key] = value
@@ -739,35 +791,141 @@ def _publish(args, store) -> int:
     return 0
 
 
+# the extra that installs a missing library (pyproject.toml), for the one-line hint instead of an ImportError
+EXTRAS = {
+    "transformers": "hf",
+    "peft": "hf",
+    "accelerate": "hf",
+    "pynvml": "gpu",
+    "matplotlib": "report",
+    "sagemaker": "pipeline",
+    "boto3": "pipeline",
+    "botocore": "pipeline",
+    "aws_cdk": "infra",
+    "constructs": "infra",
+    "cdk_nag": "infra",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Exit status: 0 success; 1 a crossed threshold or a broken audit store; 2 bad input; 3 an internal error;
+    130 interrupted. Every failure is one line on stderr; FLOPS_METER_DEBUG=1 shows the traceback of the last two."""
+    debug = os.environ.get("FLOPS_METER_DEBUG") == "1"
     try:
-        if args.command == "estimate":
-            p = plan(args)
-            if args.json:
-                print(json.dumps(p.to_dict(), indent=2))
-            else:
-                print_plan(p)
-        elif args.command == "models":
-            list_models(args.json)
-        elif args.command == "classify":
-            return cmd_classify(args)
-        elif args.command == "audit":
-            return cmd_audit(args)
-        elif args.command == "report":
-            return cmd_report(args)
-        elif args.command == "pipeline":
-            from pipelines.cli import run as run_pipeline_command
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("flops-meter: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the last resort: a bug, never a traceback at the user
+        if debug:
+            raise
+        print(f"flops-meter: internal error: {type(e).__name__}: {_one_line(e) or '(no message)'} (please report it; "
+              "FLOPS_METER_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        return 3
 
-            return run_pipeline_command(args)
-        elif args.command == "approvals":
-            from pipelines.approvals import run as run_approvals_command
 
-            return run_approvals_command(args)
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        _check_utf8(argv, parser)
+        args = parser.parse_args(argv)
+        return _run(args)
     except MeterError as e:
-        print(f"flops-meter: error: {e}", file=sys.stderr)
+        print(f"flops-meter: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").partition(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is None:
+            raise
+        if argv[:2] == ["pipeline", "demo"]:
+            extra = "demo"  # the demo needs two extras: name the one that has both
+        print(f"flops-meter: error: this command needs {top}, which is not installed: "
+              f"pip install 'flops-meter[{extra}]'", file=sys.stderr)  # fmt: skip
+        return 2
+    except BrokenPipeError:  # `flops-meter … | head`: the reader left; nothing more to say
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        if e.filename is None:
+            raise
+        from meter.jsonfile import os_problem
+
+        print(f"flops-meter: error: {_one_line(os_problem(e, e.filename, 'file', 'use'))}", file=sys.stderr)
+        return 2
+
+
+def _check_utf8(argv: list[str], parser: argparse.ArgumentParser) -> None:
+    """Arguments are UTF-8 text: bytes that are not (a Latin-1 terminal, a script in another encoding) reach
+    Python as lone surrogates that would fail later, deep in a JSON writer or a hash. Named here instead."""
+    takes_value = _value_options(parser)
+    for index, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            value = arg
+            if arg.startswith("--") and "=" in arg:
+                name, _, value = arg.partition("=")
+            elif index and argv[index - 1] in takes_value:
+                name = argv[index - 1]
+            else:
+                name = f"argument {index + 1}"
+            shown = value.encode("utf-8", "surrogateescape" if _escaped(value) else "backslashreplace")
+            raise MeterError(
+                f"{name} {shown!r} is not valid UTF-8: give UTF-8 text (check the terminal's encoding)"
+            ) from None
+
+
+def _escaped(arg: str) -> bool:
+    try:
+        arg.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of every (sub)command that take a value."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _value_options(sub)
+        elif action.nargs != 0:
+            found.update(action.option_strings)
+    return found
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "estimate":
+        p = plan(args)
+        if args.json:
+            print(json.dumps(p.to_dict(), indent=2))
+        else:
+            print_plan(p)
+    elif args.command == "models":
+        list_models(args.json)
+    elif args.command == "classify":
+        return cmd_classify(args)
+    elif args.command == "audit":
+        return cmd_audit(args)
+    elif args.command == "report":
+        return cmd_report(args)
+    elif args.command == "pipeline":
+        from pipelines.cli import run as run_pipeline_command
+
+        return run_pipeline_command(args)
+    elif args.command == "approvals":
+        from pipelines.approvals import run as run_approvals_command
+
+        return run_approvals_command(args)
     return 0
 
 

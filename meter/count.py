@@ -95,8 +95,14 @@ class TrainingSetup:
         for pattern in self.trainable:
             try:
                 re.compile(pattern)
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError) as e:
                 raise MeterError(f"trainable pattern {pattern!r} is not a valid regex: {e}") from None
+        targets = self.lora_targets
+        if isinstance(targets, str) and targets != "all-linear":
+            try:
+                re.compile(targets)
+            except (re.error, OverflowError, RecursionError) as e:
+                raise MeterError(f"--lora-targets {targets!r} is not a valid regex: {e}") from None
 
     @property
     def uses_lora(self) -> bool:

@@ -12,6 +12,69 @@ from meter.compliance import Verdict, classify
 from meter.errors import MeterError
 from meter.original import OriginalCompute
 
+# the fields of a run record (flops_meter.json) and of a compliance document that the verdict and the record read:
+# a file where one of them has the wrong kind is refused naming the field (meter.jsonfile.check_shape)
+RUN_FIELDS = {
+    "record_type": "string",
+    "run_id": "string",
+    "status": "string",
+    "model": "object",
+    "model.name": "string",
+    "flops": "object",
+    "flops.regulatory": "integer+",
+    "flops.executed": "integer+",
+    "flops.per_token": "number+",
+    "flops.parts": "object",
+    "tokens": "object",
+    "tokens.tokens": "integer+",
+    "timeline": "array",
+    "forecast": "object",
+    "forecast.final_regulatory_flops": "number+",
+}
+COMPLIANCE_FIELDS = {
+    "run_id": "string",
+    "lineage": "string",
+    "base_model": "string",
+    "status": "string",
+    "approaching_fraction": "number",
+    "original": "object",
+    "original.basis": "string",
+    "original.flops": "number+",
+    "original.source": "string",
+    "original.systemic_risk": "boolean",
+    "notes": "array",
+}
+
+
+def check_run_shape(run: dict[str, Any], where: str) -> None:
+    """A run record's fields have the kinds the verdict reads (a MeterError naming ``where`` and the field)."""
+    from meter.jsonfile import check_shape
+
+    check_shape(run, RUN_FIELDS, where)
+    parts = (run.get("flops") or {}).get("parts") or {}
+    for name, part in parts.items():
+        if not isinstance(part, dict):
+            raise MeterError(f"{where}: flops.parts.{name} must be a JSON object")
+        check_shape(part, {"regulatory_flops": "integer+", "executed_flops": "integer+", "tokens": "integer+"},
+                    f"{where}: flops.parts.{name}")  # fmt: skip
+    for index, point in enumerate(run.get("timeline") or []):
+        if not isinstance(point, dict):
+            raise MeterError(f"{where}: timeline[{index}] must be a JSON object")
+        check_shape(point, {"regulatory_flops": "integer+"}, f"{where}: timeline[{index}]")
+
+
+def check_compliance_shape(compliance: dict[str, Any], where: str) -> None:
+    """A compliance document's fields have the kinds publishing reads (a MeterError naming ``where``)."""
+    from meter.jsonfile import check_shape
+
+    check_shape(compliance, COMPLIANCE_FIELDS, where)
+    fraction = compliance.get("approaching_fraction")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise MeterError(f"{where}: approaching_fraction must be in (0, 1], got {fraction!r}")
+    original = compliance.get("original") or {}
+    if original.get("basis") == "user" and original.get("flops") is None:
+        raise MeterError(f"{where}: original.flops is missing: a figure the user gave (basis 'user') needs it")
+
 
 def run_verdict(
     run: dict[str, Any],
@@ -179,11 +242,18 @@ def check_run(run: dict[str, Any]) -> None:
 
 def file_identity(path: str | Path) -> dict[str, Any]:
     """Size and SHA-256 of a local data file."""
+    from meter.jsonfile import os_problem
+
     p = Path(path)
-    if not p.is_file():
-        raise MeterError(f"dataset file not found: {p}")
-    digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size_bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    try:
+        if p.is_dir():
+            raise MeterError(f"dataset file {p} is a directory: give the file")
+        if not p.is_file():
+            raise MeterError(f"dataset file not found: {p}")
+        digest = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"size_bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    except OSError as e:
+        raise os_problem(e, p, "dataset file") from None

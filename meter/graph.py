@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from meter.spec import ModelSpec
+if TYPE_CHECKING:  # the spec calls the graph for its parameter count: annotations only here
+    from meter.spec import ModelSpec
 
 Unit = Literal["token", "pair", "pass", "head"]  # head: per position the output head scores
 

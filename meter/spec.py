@@ -6,6 +6,7 @@ The spec is read from the config (a ``PretrainedConfig``, a ``config.json`` path
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,7 +75,7 @@ class ModelSpec:
 
     def parameter_count(self) -> int:
         """Total parameters implied by the config (for reports and the comparison formulas)."""
-        from meter.graph import build_graph  # graph imports spec: keep the cycle lazy
+        from meter.graph import build_graph
 
         return build_graph(self).parameter_count()
 
@@ -130,9 +131,37 @@ class _Fields:
         return default if v is None else self._positive_int(name, v)
 
     def _positive_int(self, name: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v <= 0:
             raise MeterError(f"config field {name}={v!r} of {self.model_type} must be a positive integer")
         return int(v)
+
+    def opt_count(self, name: str, default: int = 0) -> int:
+        """A non-negative integer (0 allowed: max_window_layers, a shared expert's width when there is none)."""
+        v = self.cfg.get(name)
+        if v is None:
+            return default
+        return 0 if v == 0 and not isinstance(v, bool) else self._positive_int(name, v)
+
+    def opt_fraction(self, name: str, default: float) -> float:
+        """A probability (dropout): a number in [0, 1]."""
+        v = self.cfg.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise MeterError(f"config field {name}={v!r} of {self.model_type} must be a number in [0, 1]")
+        return float(v)
+
+    def opt_layers(self, name: str, n_layers: int) -> set[int]:
+        """A list of layer indices (mlp_only_layers)."""
+        v = self.cfg.get(name)
+        if v is None:
+            return set()
+        if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers
+                                          for i in v):  # fmt: skip
+            raise MeterError(
+                f"config field {name}={v!r} of {self.model_type} must be a list of layer indices in 0..{n_layers - 1}"
+            )
+        return set(v)
 
     def check(self) -> None:
         if self.missing:
@@ -150,17 +179,21 @@ _WINDOW_FLAG_DEFAULT_OFF = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
 def _windows(f: _Fields, n_layers: int, default_pattern: Callable[[int], bool] | None = None) -> tuple:
     """Per-layer sliding windows from ``layer_types`` (transformers >= 4.53) or the older flags."""
     window = f.cfg.get("sliding_window")
+    if window is not None:  # a window of no, negative or fractional tokens would count attention backwards
+        window = f._positive_int("sliding_window", window)
     if f.model_type in _WINDOW_FLAG_DEFAULT_OFF and not f.cfg.get("use_sliding_window"):
         window = None  # transformers: sliding_window = sliding_window if use_sliding_window else None
     layer_types = f.cfg.get("layer_types")
     if layer_types:
+        if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+            raise MeterError(f"config field layer_types of {f.model_type} must be a list of strings, one per layer")
         if len(layer_types) != n_layers:
             raise MeterError(f"config layer_types has {len(layer_types)} entries for {n_layers} layers")
         return tuple(window if t == "sliding_attention" and window else None for t in layer_types)
     if not window or f.cfg.get("use_sliding_window") is False:
         return (None,) * n_layers
     if f.cfg.get("use_sliding_window"):  # Qwen2: the first max_window_layers use full attention
-        first = f.opt("max_window_layers", 0)
+        first = f.opt_count("max_window_layers", 0)
         return tuple(None if i < first else window for i in range(n_layers))
     pattern = default_pattern or (lambda i: True)
     return tuple(window if pattern(i) else None for i in range(n_layers))
@@ -185,8 +218,8 @@ def _read_gated(f: _Fields, model_type: str) -> ModelSpec:
         intermediate = f.req("intermediate_size")
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step = f.opt_int("decoder_sparse_step", 1)
-        dense = set(f.opt("mlp_only_layers", []))
-        shared = f.opt("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
+        dense = f.opt_layers("mlp_only_layers", layers)
+        shared = f.opt_count("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
         moe = MoESpec(
             num_experts=f.req("num_experts", "num_local_experts"),  # transformers 5 serialises the latter
             top_k=f.req("num_experts_per_tok"),
@@ -227,8 +260,8 @@ def _read_gated(f: _Fields, model_type: str) -> ModelSpec:
             "input_layernorm",
             "pre_feedforward_layernorm" if model_type == "gemma2" else "post_attention_layernorm",
         ),
-        attention_dropout=float(f.opt("attention_dropout", 0.0)),
-        residual_dropout=float(f.opt("resid_pdrop", 0.0)) if fused else 0.0,
+        attention_dropout=f.opt_fraction("attention_dropout", 0.0),
+        residual_dropout=f.opt_fraction("resid_pdrop", 0.0) if fused else 0.0,
     )
 
 
@@ -264,8 +297,8 @@ def _read_gpt2(f: _Fields, model_type: str) -> ModelSpec:
         mlp_bias=True,
         norms=("ln_1", "ln_2"),
         position_embeddings=f.opt_int("n_positions", 1024),
-        attention_dropout=float(f.opt("attn_pdrop", 0.1)),  # GPT2Config's defaults
-        residual_dropout=float(f.opt("resid_pdrop", 0.1)),
+        attention_dropout=f.opt_fraction("attn_pdrop", 0.1),  # GPT2Config's defaults
+        residual_dropout=f.opt_fraction("resid_pdrop", 0.1),
     )
 
 
@@ -286,8 +319,8 @@ def _read_gpt_neox(f: _Fields, model_type: str) -> ModelSpec:
         o_bias=bias,
         mlp_bias=True,
         parallel_residual=bool(f.opt("use_parallel_residual", True)),
-        attention_dropout=float(f.opt("attention_dropout", 0.0)),
-        residual_dropout=float(f.opt("hidden_dropout", 0.0)),
+        attention_dropout=f.opt_fraction("attention_dropout", 0.0),
+        residual_dropout=f.opt_fraction("hidden_dropout", 0.0),
     )
 
 
@@ -328,8 +361,8 @@ def _read_falcon(f: _Fields, model_type: str) -> ModelSpec:
         mlp_bias=bias,
         parallel_residual=parallel or new_arch,
         norms=norms,
-        attention_dropout=float(f.opt("attention_dropout", 0.0)),
-        residual_dropout=float(f.opt("hidden_dropout", 0.0)),
+        attention_dropout=f.opt_fraction("attention_dropout", 0.0),
+        residual_dropout=f.opt_fraction("hidden_dropout", 0.0),
     )
 
 
@@ -362,6 +395,8 @@ def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
     """Read a :class:`ModelSpec` from a ``PretrainedConfig``, a dict or a ``config.json`` path."""
     cfg = load_config(config)
     refuse_multimodal(cfg)
+    if not isinstance(cfg.get("model_type"), str | None):
+        raise MeterError(f'config field model_type={cfg["model_type"]!r} must be a string (e.g. "llama")')
     if cfg.get("model_type") not in _READERS and isinstance(cfg.get("text_config"), Mapping):
         raise MeterError(
             f"model_type '{cfg.get('model_type')}' wraps a text_config: give the text model's config "
@@ -381,6 +416,10 @@ def spec_from_config(config: Any, *, name: str = "") -> ModelSpec:
         raise MeterError(f"hidden_size {spec.hidden_size} is not divisible by {spec.num_heads} heads")
     if spec.num_heads % spec.num_kv_heads:
         raise MeterError(f"{spec.num_heads} attention heads are not a multiple of {spec.num_kv_heads} key/value heads")
+    if spec.moe is not None and spec.moe.top_k > spec.moe.num_experts:
+        raise MeterError(
+            f"config field num_experts_per_tok={spec.moe.top_k} is more than the {spec.moe.num_experts} experts"
+        )
     return replace(spec, name=name or str(cfg.get("_name_or_path") or ""), head_outputs=_head_outputs(cfg))
 
 

@@ -7,8 +7,9 @@
                                 conditional transactions. Options: ``region=``, ``retention_days=`` (default 3650:
                                 each record carries its own retain-until date; the writer needs
                                 s3:PutObjectRetention) or ``retention=bucket`` (records take the bucket's default
-                                COMPLIANCE retention, checked before the first write; the writer needs no right
-                                over retention — what the CDK app deploys).
+                                COMPLIANCE retention, which must be at least ``retention_days``, checked before the
+                                first write and by verify; the writer needs no right over retention — what the CDK
+                                app deploys).
 
 Publishing a run a second time is a no-op when its content is identical (an idempotent retry) and an error when
 it differs. Concurrent publishers of one lineage race for the next sequence number; the loser rebuilds its
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import random
@@ -90,18 +92,86 @@ def _document_path(kind: str, name: str) -> str:
     return f"{kind}/{name}.json"
 
 
+# Every AWS client of the package takes its timeouts and retries from boto_config(). S3 and DynamoDB answer the
+# package's small requests (a record of a few KB, a ledger page, a listing) in tens of milliseconds and their slow
+# tail in a second or two; the read timeout bounds the wait for the *next bytes* of an answer, not a whole
+# transfer. 8 s is four times that tail, and a timed-out attempt is retried: 3 attempts in all (standard mode,
+# backoff of at most 50 ms · 2^n) keep an endpoint that accepts connections but never answers under 3 × 8 s ≈ 25 s,
+# where botocore's default read timeout (60 s) times the 6 attempts configured before hung `audit verify` for 6
+# minutes. A connection takes milliseconds in a region; 5 s allows a slow proxy or VPC endpoint.
+AWS_CONNECT_TIMEOUT_S = 5
+AWS_READ_TIMEOUT_S = 8
+AWS_ATTEMPTS = 3  # in all, the first included (botocore's total_max_attempts; its max_attempts counts retries)
+
+
 def boto_config():
-    """Retries for AWS calls: AWS_MAX_ATTEMPTS when set, else 5 (standard mode)."""
+    """The botocore Config of every client: the timeouts above, standard retries, AWS_MAX_ATTEMPTS when set."""
     from botocore.config import Config
 
-    attempts = {} if os.environ.get("AWS_MAX_ATTEMPTS") else {"max_attempts": 5}
-    return Config(retries={"mode": "standard", **attempts})
+    given = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    attempts = int(given) if given.isdigit() else AWS_ATTEMPTS
+    return Config(
+        connect_timeout=AWS_CONNECT_TIMEOUT_S,
+        read_timeout=AWS_READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": max(1, attempts)},
+    )
+
+
+# ClientError codes that say the place is wrong, not the request: what to do about each
+_AWS_FIXES = {
+    "NoSuchBucket": "the bucket does not exist: check its name and the region",
+    "ResourceNotFoundException": "the table does not exist: check its name and the region",
+    "AccessDenied": "the credentials lack the permission: check the role's policy",
+    "AccessDeniedException": "the credentials lack the permission: check the role's policy",
+    "AllAccessDisabled": "the credentials lack the permission: check the role's policy",
+    "InvalidAccessKeyId": "the credentials were rejected: refresh them",
+    "UnrecognizedClientException": "the credentials were rejected: refresh them",
+    "InvalidClientTokenId": "the credentials were rejected: refresh them",
+    "SignatureDoesNotMatch": "the credentials were rejected: refresh them",
+    "ExpiredToken": "the credentials expired: refresh them",
+    "ExpiredTokenException": "the credentials expired: refresh them",
+    "PermanentRedirect": "the bucket is in another region: give that region",
+    "AuthorizationHeaderMalformed": "the bucket is in another region: give that region",
+}
+
+
+def aws_error(error: Exception, where: str, region_fix: str = "set AWS_REGION") -> MeterError | None:
+    """The one line for an AWS failure a user fixes outside the code (region, credentials, endpoint, a missing
+    bucket or table, access), naming ``where`` and the fix; None for any other error (a caller's own codes)."""
+    try:
+        from botocore import exceptions as bx
+    except ImportError:
+        return None
+    if isinstance(error, bx.ClientError):
+        info = error.response.get("Error", {})
+        code, message = str(info.get("Code", "")), " ".join(str(info.get("Message") or "").split())
+        fix = _AWS_FIXES.get(code)
+        if fix is None:
+            return None
+        return MeterError(f"{where}: {error.operation_name}: {code}: {message} ({fix})")
+    endpoint = getattr(error, "kwargs", {}).get("endpoint_url", "the endpoint")
+    if isinstance(error, bx.NoRegionError):
+        text = f"no AWS region: {region_fix} (or AWS_DEFAULT_REGION, or a region in ~/.aws/config)"
+    elif isinstance(error, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        text = "no AWS credentials: configure them (aws configure, AWS_PROFILE, or an instance role)"
+    elif isinstance(error, bx.ReadTimeoutError):
+        text = (
+            f"unreachable: no answer from {endpoint} within {AWS_READ_TIMEOUT_S} s: it accepts connections but does "
+            "not respond (check AWS_ENDPOINT_URL, a proxy, or the network)"
+        )
+    elif isinstance(error, bx.ConnectTimeoutError | bx.EndpointConnectionError):
+        text = f"unreachable: cannot connect to {endpoint} (check the region, AWS_ENDPOINT_URL and the network)"
+    elif isinstance(error, bx.BotoCoreError):
+        text = " ".join(str(error).split())
+    else:
+        return None
+    return MeterError(f"{where}: {text}")
 
 
 def _parse_document(data: bytes, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
         doc = None
     if not isinstance(doc, dict):
         raise MeterError(f"{where} is not a JSON document: it was altered or truncated")
@@ -115,23 +185,22 @@ def open_store(uri: str | None = None, *, create: bool = True) -> AuditStore | N
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(((parsed.netloc + parsed.path) if parsed.scheme == "file" else uri) or ".")
-        if not create and not (path / "ledger.sqlite").is_file():
+        if not create and not _is_file(path / "ledger.sqlite", uri):
             return None
         return FileStore(path)
     if parsed.scheme == "s3":
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if not parsed.netloc or "table" not in query:
             raise MeterError(f"audit store {uri!r}: use s3://BUCKET/PREFIX?table=LEDGER_TABLE")
-        if "retention" in query:
-            if query["retention"] != "bucket" or "retention_days" in query:
-                raise MeterError(f"audit store {uri!r}: use retention=bucket or retention_days=N, not both")
-            days = None
-        else:
-            days = query.get("retention_days", "3650")
-            if not days.isdigit() or int(days) <= 0:
-                raise MeterError(f"audit store {uri!r}: retention_days must be a positive integer")
-            days = int(days)
-        return S3Store(parsed.netloc, parsed.path.strip("/"), query["table"], query.get("region"), days)
+        days = query.get("retention_days", "3650")
+        if not days.isdigit() or int(days) <= 0:
+            raise MeterError(f"audit store {uri!r}: retention_days must be a positive integer")
+        if query.get("retention", "bucket") != "bucket":
+            raise MeterError(f"audit store {uri!r}: retention can only be 'bucket' (the bucket's default retention)")
+        args = (parsed.netloc, parsed.path.strip("/"), query["table"], query.get("region"))
+        if "retention" in query:  # the bucket locks each record; its default retention must be at least this long
+            return S3Store(*args, None, required_days=int(days))
+        return S3Store(*args, int(days))
     raise MeterError(f"audit store {uri!r}: use file://DIR or s3://BUCKET/PREFIX?table=NAME")
 
 
@@ -149,7 +218,7 @@ def _verify_all(store: AuditStore, lineage: str | None, fetch, heads: dict[str, 
     def fetching(entry: LedgerEntry) -> bytes | None:
         data = fetch(entry)
         if data is not None:
-            with contextlib.suppress(ValueError):  # verify_chain reports what is wrong with it
+            with contextlib.suppress(ValueError, RecursionError):  # verify_chain reports what is wrong with it
                 records[entry.record_sha256] = json.loads(data)
         return data
 
@@ -287,9 +356,30 @@ def _duplicate(existing: dict[str, Any], draft: dict[str, Any], uri: str) -> Pub
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _is_file(path: Path, uri: str) -> bool:
+    try:
+        return path.is_file()
+    except OSError as e:  # a name too long for the file system
+        raise MeterError(f"audit store {uri}: {e.strerror}: give another --store") from None
+
+
+def _ledger_errors(method):
+    """A damaged or foreign ledger file (sqlite3.DatabaseError) as one line naming it."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            raise self._ledger_problem(e) from None
+
+    return wrapped
+
+
 class FileStore:
     """Record files plus an SQLite ledger; SQLite's write lock serialises publishers on one machine."""
 
+    @_ledger_errors
     def __init__(self, root: Path):
         self.root = Path(root)
         self.uri = f"file://{self.root}"
@@ -309,9 +399,19 @@ class FileStore:
         db = sqlite3.connect(self.root / "ledger.sqlite", timeout=30, isolation_level=None)
         return db
 
+    def _ledger_problem(self, error: sqlite3.DatabaseError) -> MeterError:
+        ledger = self.root / "ledger.sqlite"
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            return MeterError(f"audit ledger {ledger} is locked by another process: try again when it is done")
+        return MeterError(
+            f"audit ledger {ledger} cannot be used: {error} (damaged, or not an SQLite database: restore it from a "
+            "backup, or give another --store)"
+        )
+
     def path(self, sha: str) -> Path:
         return self.records / f"{sha}.json"
 
+    @_ledger_errors
     def publish(self, draft: dict[str, Any], verdict_for: VerdictFor | None = None) -> Published:
         db = self._db()
         try:
@@ -373,17 +473,19 @@ class FileStore:
 
     def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
         path = self.root / _document_path(kind, name)
-        return json.loads(path.read_bytes()) if path.is_file() else None
+        return _parse_document(path.read_bytes(), str(path)) if path.is_file() else None
 
     def documents(self, kind: str) -> list[dict[str, Any]]:
         _document_path(kind, "x")
         return [_parse_document(p.read_bytes(), str(p)) for p in sorted((self.root / kind).glob("*.json"))]
 
+    @_ledger_errors
     def lineage_flops(self, lineage: str) -> int:
         with self._db() as db:
             rows = db.execute("SELECT regulatory_flops FROM ledger WHERE lineage = ?", (lineage,)).fetchall()
         return sum(int(r[0]) for r in rows)
 
+    @_ledger_errors
     def entries(self, lineage: str | None = None) -> list[LedgerEntry]:
         query = (
             "SELECT lineage, sequence, record_sha256, previous_record_sha256, record_id, regulatory_flops FROM ledger"
@@ -398,7 +500,7 @@ class FileStore:
         path = self.path(sha)
         if not path.is_file():
             raise MeterError(f"no record {sha} in {self.uri}")
-        return json.loads(path.read_bytes())
+        return _parse_document(path.read_bytes(), str(path))
 
     def verify(self, lineage: str | None = None, heads: dict[str, Any] | None = None) -> VerifyReport:
         def fetch(entry: LedgerEntry) -> bytes | None:
@@ -417,21 +519,47 @@ class FileStore:
 # --------------------------------------------------------------------------------------------------------------
 
 
+_REGION_FIX = "add &region=REGION to the store URI, or set AWS_REGION"
+
+
 class S3Store:
     """S3 Object Lock (COMPLIANCE) for the records, DynamoDB for the ledger. Needs boto3."""
 
-    def __init__(self, bucket: str, prefix: str, table: str, region: str | None, retention_days: int | None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        table: str,
+        region: str | None,
+        retention_days: int | None,
+        *,
+        required_days: int = 3650,
+    ):
         try:
             import boto3
         except ImportError:
             raise MeterError("the S3 audit store needs boto3: pip install 'flops-meter[pipeline]'") from None
         self.bucket, self.prefix, self.table, self.retention_days = bucket, prefix, table, retention_days
+        self.required_days = required_days  # retention_days=None: the least default retention the bucket may have
         self.uri = f"s3://{bucket}/{prefix}?table={table}"
         self._bucket_lock_checked = False
-        session = boto3.session.Session(region_name=region)
-        config = boto_config()
-        self.s3 = session.client("s3", config=config)
-        self.ddb = session.client("dynamodb", config=config)
+        self._session = boto3.session.Session(region_name=region)  # the clients are made on first use
+
+    @functools.cached_property
+    def s3(self):
+        return self._client("s3")
+
+    @functools.cached_property
+    def ddb(self):
+        return self._client("dynamodb")
+
+    def _client(self, service: str):
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._session.client(service, config=boto_config())
+        except BotoCoreError as e:
+            raise (aws_error(e, f"audit store {self.uri}", _REGION_FIX) or e) from None
 
     def key(self, sha: str) -> str:
         return f"{self.prefix}/records/{sha}.json" if self.prefix else f"records/{sha}.json"
@@ -441,10 +569,11 @@ class S3Store:
 
         try:
             return fn(**kwargs)
-        except ClientError:
-            raise
-        except BotoCoreError as e:
-            raise MeterError(f"audit store {self.uri} unreachable: {e}") from None
+        except (BotoCoreError, ClientError) as e:
+            problem = aws_error(e, f"audit store {self.uri}", _REGION_FIX)
+            if problem is None:  # a code the caller handles (NoSuchKey, a lost race, …)
+                raise
+            raise problem from None
 
     def publish(self, draft: dict[str, Any], verdict_for: VerdictFor | None = None) -> Published:
         from botocore.exceptions import ClientError
@@ -580,7 +709,7 @@ class S3Store:
         return [_parse_document(self._get_bytes(k) or b"", f"s3://{self.bucket}/{k}") for k in sorted(keys)]
 
     def _check_bucket_lock(self) -> None:
-        """retention=bucket: refuse to write a record that the bucket would not lock."""
+        """retention=bucket: refuse to write a record that the bucket would not lock, or not for long enough."""
         from botocore.exceptions import ClientError
 
         if self._bucket_lock_checked:
@@ -593,11 +722,22 @@ class S3Store:
                 message = e.response["Error"].get("Message", "")
                 raise MeterError(f"audit bucket {self.bucket}: {code}: {message}") from None
             config = {}
-        mode = config.get("Rule", {}).get("DefaultRetention", {}).get("Mode")
+        default = config.get("Rule", {}).get("DefaultRetention", {})
+        mode = default.get("Mode")
         if config.get("ObjectLockEnabled") != "Enabled" or mode != "COMPLIANCE":
             raise MeterError(
                 f"audit bucket {self.bucket} has no default Object Lock retention in COMPLIANCE mode (found "
                 f"{mode or 'none'}): records would not be locked; set one on the bucket, or use retention_days=N"
+            )
+        # S3 gives Days or Years; a year counts as 365 days (it is never shorter)
+        days = default.get("Days") or 365 * default.get("Years", 0)
+        if days < self.required_days:
+            years = default.get("Years")
+            found = f"{years} year{'s' * (years != 1)} ({days} days)" if years else f"{days} days"
+            raise MeterError(
+                f"audit bucket {self.bucket} locks records for {found} by default, less than the {self.required_days} "
+                f"days this store requires: raise the bucket's default COMPLIANCE retention to at least "
+                f"{self.required_days} days (records written before keep their shorter retention)"
             )
         self._bucket_lock_checked = True
 
@@ -673,7 +813,7 @@ class S3Store:
         data = self._get_bytes(self.key(sha))
         if data is None:
             raise MeterError(f"no record {sha} in {self.uri}")
-        return json.loads(data)
+        return _parse_document(data, f"s3://{self.bucket}/{self.key(sha)}")
 
     def verify(self, lineage: str | None = None, heads: dict[str, Any] | None = None) -> VerifyReport:
         return _verify_all(self, lineage, lambda e: self._get_bytes(self.key(e.record_sha256)), heads)

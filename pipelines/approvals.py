@@ -50,9 +50,31 @@ class Item:
                 "decision": self.decision}  # fmt: skip
 
 
+# what this module reads of each document with [...]: a document without one of them was not written by the meter
+_ITEM_FIELDS = {"id": "string", "record_sha256": "string", "record_uri": "string", "verdict": "string",
+                "blocked": "boolean", "lineage": "string", "base_model": "string", "figures": "object"}  # fmt: skip
+_DECISION_FIELDS = {"item_id": "string", "decision": "string", "approver": "string", "reason": "string",
+                    "decided_at": "string"}  # fmt: skip
+
+
+def _checked(docs: list[dict[str, Any]], fields: dict[str, str], what: str, store) -> list[dict[str, Any]]:
+    from meter.jsonfile import check_shape
+
+    for doc in docs:
+        name = doc.get("id") or doc.get("item_id")
+        where = f"a {what} in {store.uri}" + (f" ({name})" if isinstance(name, str) else "")
+        missing = [k for k in fields if k not in doc and k != "figures"]  # figures: older items lack them
+        if missing:
+            raise MeterError(f"{where} has no {', '.join(missing)}: altered or forged (see flops-meter audit verify)")
+        check_shape(doc, fields, where)
+    return docs
+
+
 def load_items(store) -> list[Item]:
-    decisions = {d["item_id"]: d for d in store.documents("decisions")}
-    items = [Item(doc, decisions.get(doc["id"])) for doc in store.documents("flagged")]
+    decided = _checked(store.documents("decisions"), _DECISION_FIELDS, "decision", store)
+    decisions = {d["item_id"]: d for d in decided}
+    flagged = _checked(store.documents("flagged"), _ITEM_FIELDS, "flagged item", store)
+    items = [Item(doc, decisions.get(doc["id"])) for doc in flagged]
     return sorted(items, key=lambda i: (i.doc.get("flagged_at") or "", i.id))
 
 

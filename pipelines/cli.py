@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -95,9 +96,9 @@ def cmd_definition(config, out: str | None) -> int:
     if len(text) > DEFINITION_LIMIT:
         raise MeterError(f"the definition is {len(text):,} characters, over SageMaker's {DEFINITION_LIMIT:,}")
     if out:
-        from pathlib import Path
+        from meter.jsonfile import write_text
 
-        Path(out).write_text(text)
+        write_text(out, text, "--out")
         print(f"wrote {out} ({len(text):,} characters)", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -169,12 +170,13 @@ def parse_params(items: list[str]) -> dict[str, str]:
             raise MeterError(f"--param {name}: unknown parameter; use one of {', '.join(PARAMETERS)}")
         kind = PARAMETERS[name][0]
         try:
-            if kind == "Integer":
-                int(value)
-            elif kind == "Float":
-                float(value)
+            number = int(value) if kind == "Integer" else float(value) if kind == "Float" else None
         except ValueError:
             raise MeterError(f"--param {name}={value}: expected {kind.lower()}") from None
+        if number is not None and not (math.isfinite(number) and number > 0):
+            raise MeterError(f"--param {name}={value}: expected a positive, finite {kind.lower()}")
+        if name == "ApproachingFraction" and not number <= 1:
+            raise MeterError(f"--param {name}={value}: expected a fraction of the threshold in (0, 1]")
         if name in ENUMS and value not in ENUMS[name]:
             raise MeterError(f"--param {name}={value}: expected one of {', '.join(ENUMS[name])}")
         params[name] = value
@@ -232,6 +234,12 @@ def _read_definition(path: str) -> dict[str, Any]:
     doc = read_json_object(path, "definition", hint="write one with `flops-meter pipeline definition > FILE`")
     if "Steps" not in doc:
         raise MeterError(f"definition {path} has no Steps: is it a SageMaker pipeline definition?")
+    steps = doc["Steps"]
+    if not isinstance(steps, list):
+        raise MeterError(f"definition {path}: Steps must be a JSON array of steps")
+    for index, step in enumerate(steps):
+        if not isinstance(step, dict) or not all(isinstance(step.get(k), str) for k in ("Name", "Type")):
+            raise MeterError(f"definition {path}: Steps[{index}] must be an object with a Name and a Type")
     return doc
 
 
@@ -267,18 +275,24 @@ def print_summary(doc: dict[str, Any], home) -> None:
     for name, file in (("ClassifyCompliance", "compliance/compliance.json"), ("PublishAudit", "audit/audit.json")):
         path = f"{run_dir}/steps/{name}/opt_ml/processing/output/{file}"
         try:
-            with open(path) as f:
-                found = json.load(f)
+            with open(path, "rb") as f:
+                found = json.loads(f.read())
         except OSError:
             continue
-        if name == "ClassifyCompliance":
-            console.print(
-                f"verdict: {found['status']} (crossed={found['crossed']}): lineage {found['lineage']} "
-                f"{found['figures']['cumulative']} against {found['figures']['threshold']} "
-                f"({rule_text(found['threshold_rule'])})"
-            )
-        else:
-            console.print(f"audit record: {found['record_uri']} (sha256 {found['record_sha256'][:16]}…)")
+        except ValueError:
+            raise MeterError(f"{path} is not valid JSON: the step's output was altered or truncated") from None
+        try:
+            if name == "ClassifyCompliance":
+                line = (
+                    f"verdict: {found['status']} (crossed={found['crossed']}): lineage {found['lineage']} "
+                    f"{found['figures']['cumulative']} against {found['figures']['threshold']} "
+                    f"({rule_text(found['threshold_rule'])})"
+                )
+            else:
+                line = f"audit record: {found['record_uri']} (sha256 {found['record_sha256'][:16]}…)"
+        except (KeyError, TypeError):
+            raise MeterError(f"{path} lacks what its step writes: the step's output was altered") from None
+        console.print(line)
     if doc.get("failure"):
         console.print(f"[bold]{doc['status']}[/bold]: {doc['failure']}", highlight=False)
     console.print(f"run directory: {run_dir} (logs in steps/<Name>/log.txt)")
@@ -287,7 +301,9 @@ def print_summary(doc: dict[str, Any], home) -> None:
 def _client(service: str, config):
     import boto3
 
-    return boto3.client(service, region_name=config.region)
+    from meter.stores import boto_config
+
+    return boto3.client(service, region_name=config.region, config=boto_config())
 
 
 class _aws_errors:
@@ -303,6 +319,11 @@ class _aws_errors:
             from botocore.exceptions import BotoCoreError, ClientError
         except ImportError:
             return False
+        from meter.stores import aws_error
+
+        problem = aws_error(error, "AWS", "set region in the pipeline config")
+        if problem is not None:
+            raise problem from None
         if isinstance(error, ClientError):
             info = error.response.get("Error", {})
             raise MeterError(f"AWS refused {error.operation_name}: {info.get('Code')}: {info.get('Message')}") from None

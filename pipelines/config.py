@@ -14,6 +14,36 @@ from typing import Any
 
 from meter.errors import MeterError
 
+# the forms SageMaker, S3 and IAM accept (botocore's service model; S3's bucket naming rules)
+_FORMS = {
+    "pipeline_name": (r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}", "a SageMaker pipeline name (letters, digits, hyphens)"),
+    "model_package_group": (r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", "a model package group name (letters, digits, -)"),
+    "region": (r"[a-z]{2}(-[a-z]+)+-\d+", "an AWS region (e.g. eu-west-1)"),
+    "bucket": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "an S3 bucket name (lower case, digits, '.', '-')"),
+    "prefix": (r"[A-Za-z0-9!_.*'()/-]{0,512}", "an S3 key prefix (letters, digits, !_.*'()/-)"),
+    "role_arn": (r"arn:aws[a-z-]*:iam::\d{12}:role/.+", "an IAM role ARN"),
+    "training_role_arn": (r"arn:aws[a-z-]*:iam::\d{12}:role/.+", "an IAM role ARN"),
+    "audit_role_arn": (r"arn:aws[a-z-]*:iam::\d{12}:role/.+", "an IAM role ARN"),
+    "processing_instance_type": (r"ml\.[a-z0-9-]+\.[a-z0-9]+", "a SageMaker instance type (e.g. ml.m5.xlarge)"),
+    "hf_token_secret_arn": (
+        r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+",
+        "a Secrets Manager secret ARN",
+    ),
+}
+_RANGES = {
+    # the steps share one runtime limit: a processing job's is 9 days at most (CreateProcessingJob)
+    "max_runtime_seconds": (1, 777_600, "SageMaker's processing jobs stop at 9 days"),
+    "training_volume_gb": (1, 16_384, "SageMaker's EBS volume sizes"),
+    "processing_volume_gb": (1, 16_384, "SageMaker's EBS volume sizes"),
+    "max_wait_seconds": (0, 2_419_200, "0, or up to SageMaker's 28 days"),
+}
+# REGISTRY/REPOSITORY[:TAG|@sha256:DIGEST]; the registry a host name (ECR: ACCOUNT.dkr.ecr.REGION.amazonaws.com)
+_IMAGE = re.compile(
+    r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:\d+)?"
+    r"/[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?"
+)
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -44,15 +74,16 @@ class PipelineConfig:
     def load(cls, path: str | Path | None = None, **overrides: Any) -> PipelineConfig:
         doc: dict[str, Any] = {}
         if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise MeterError(f"pipeline config {p} not found: give a JSON or YAML file")
             import yaml
 
+            from meter.jsonfile import read_text
+
+            p = Path(path)
+            text = read_text(p, "pipeline config", "give a JSON or YAML file")
             try:
-                loaded = yaml.safe_load(p.read_text())  # JSON is YAML
+                loaded = yaml.safe_load(text)  # JSON is YAML
             except yaml.YAMLError as e:
-                raise MeterError(f"pipeline config {p} is not valid JSON or YAML: {e}") from None
+                raise MeterError(f"pipeline config {p} is not valid JSON or YAML: {' '.join(str(e).split())}") from None
             if not isinstance(loaded, dict):
                 raise MeterError(f"pipeline config {p} must be a mapping of settings")
             doc = loaded
@@ -65,19 +96,61 @@ class PipelineConfig:
             want = {"int": int, "bool": bool}.get(str(known[name].type), str)
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise MeterError(f"pipeline setting {name} must be a {want.__name__}, got {value!r}")
-        for name in ("max_runtime_seconds", "training_volume_gb", "processing_volume_gb"):
-            if doc.get(name, 1) <= 0:
-                raise MeterError(f"pipeline setting {name} must be positive, got {doc[name]}")
-        if doc.get("max_wait_seconds", 0) and doc["max_wait_seconds"] < doc.get("max_runtime_seconds", 24 * 3600):
-            raise MeterError("pipeline setting max_wait_seconds must be at least max_runtime_seconds (or 0)")
-        secret = doc.get("hf_token_secret_arn", "")
-        if secret and not re.fullmatch(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+", secret):
-            raise MeterError(f"pipeline setting hf_token_secret_arn {secret!r} is not a Secrets Manager secret ARN")
-        config = cls(**doc)
-        for name in ("pipeline_name", "region", "bucket", "role_arn"):
-            if not getattr(config, name):
+        return cls(**doc)
+
+    def __post_init__(self) -> None:
+        """Every value the definition is built from, checked here: SageMaker would refuse it only when the job
+        starts, after the pipeline was deployed and often after training was paid for."""
+        for name in ("pipeline_name", "region", "bucket", "role_arn", "audit_store_uri"):
+            if not getattr(self, name):
                 raise MeterError(f"pipeline setting {name} is empty: set it in the config file")
-        return config
+        for name, (pattern, what) in _FORMS.items():
+            value = getattr(self, name)
+            if value and not re.fullmatch(pattern, value):
+                raise MeterError(f"pipeline setting {name} {value!r} is not {what}")
+        for name, (low, high, why) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise MeterError(f"pipeline setting {name} must be in {low}..{high} ({why}), got {value}")
+        if self.max_wait_seconds and self.max_wait_seconds < self.max_runtime_seconds:
+            raise MeterError("pipeline setting max_wait_seconds must be at least max_runtime_seconds (or 0)")
+        for kind in ("training", "processing", "inference"):
+            self._check_image(kind)
+        self._check_store()
+
+    def _check_image(self, kind: str) -> None:
+        given = getattr(self, f"{kind}_image")
+        if not given:
+            return
+        try:
+            uri = given.format(region=self.region)
+        except (KeyError, IndexError, ValueError):
+            raise MeterError(
+                f"pipeline setting {kind}_image {given!r}: the only placeholder allowed is {{region}}"
+            ) from None
+        if not _IMAGE.fullmatch(uri):
+            raise MeterError(
+                f"pipeline setting {kind}_image {given!r} is not an image URI: use "
+                "ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG (or @sha256:DIGEST)"
+            )
+
+    def _check_store(self) -> None:
+        uri = self.audit_store_uri
+        scheme = uri.partition("://")[0] if "://" in uri else ""
+        if scheme == "file" and uri.removeprefix("file://"):
+            return
+        if scheme == "s3":
+            from meter.stores import open_store
+
+            try:
+                open_store(uri, create=False)  # parses the URI; no AWS call
+            except MeterError as e:
+                raise MeterError(f"pipeline setting audit_store_uri: {e}") from None
+            return
+        raise MeterError(
+            f"pipeline setting audit_store_uri {uri!r} is not an audit store: use "
+            "s3://BUCKET/PREFIX?table=LEDGER_TABLE (or file://DIR for local runs)"
+        )
 
     def role(self, step: str) -> str:
         """The role a step's job runs as: "training", "audit", or the analysis steps' role_arn."""

@@ -683,8 +683,29 @@ def load_execution(run: str | Path | None, home: Path) -> dict[str, Any]:
         if not runs:
             raise MeterError(f"no runs under {Path(home) / 'runs'}: run one with flops-meter pipeline run --local")
         run = runs[-1].parent
+    from meter.jsonfile import check_shape, read_json_object
+
     for candidate in (Path(run), Path(home) / "runs" / str(run)):
         path = candidate / "execution.json"
-        if path.is_file():
-            return {**json.loads(path.read_text()), "run_dir": str(candidate)}
+        try:
+            found = path.is_file()
+        except OSError as e:  # a name too long for the file system
+            raise MeterError(
+                f"no run {str(run)[:60]}…: {e.strerror}: give a run directory or an execution id"
+            ) from None
+        if found:
+            doc = read_json_object(path, "execution record")
+            where = f"execution record {path}"
+            missing = [k for k in ("execution_id", "status", "steps") if k not in doc]
+            if missing:
+                raise MeterError(f"{where} has no {', '.join(missing)}: it was not written by `pipeline run`")
+            check_shape(doc, {"execution_id": "string", "status": "string", "steps": "array"}, where)
+            for index, step in enumerate(doc["steps"]):
+                if not isinstance(step, dict) or not all(
+                    isinstance(step.get(k), str) for k in ("name", "type", "status")
+                ):
+                    raise MeterError(f"{where}: steps[{index}] must be an object with a name, a type and a status")
+                fields = {"seconds": "number", "failure": "string", "outcome": "string", "properties": "object"}
+                check_shape(step, fields, f"{where}: steps[{index}]")
+            return {**doc, "run_dir": str(candidate)}
     raise MeterError(f"no run {run}: give a run directory or an execution id under {Path(home) / 'runs'}")

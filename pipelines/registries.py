@@ -135,9 +135,14 @@ class SageMakerRegistry:
             import boto3
         except ImportError:
             raise MeterError("the SageMaker registry needs boto3: pip install 'flops-meter[pipeline]'") from None
-        from meter.stores import boto_config
+        from botocore.exceptions import BotoCoreError
 
-        self.client = boto3.session.Session(region_name=region).client("sagemaker", config=boto_config())
+        from meter.stores import aws_error, boto_config
+
+        try:
+            self.client = boto3.session.Session(region_name=region).client("sagemaker", config=boto_config())
+        except BotoCoreError as e:
+            raise (aws_error(e, "SageMaker's Model Registry", "give --region, or set AWS_REGION") or e) from None
         self.where = f"SageMaker's Model Registry ({self.client.meta.region_name})"
 
     def _call(self, name: str, **kwargs) -> dict[str, Any]:

@@ -36,13 +36,15 @@ def sdk_environment(region: str) -> Iterator[None]:
     os.environ.setdefault("AWS_DEFAULT_REGION", region)
     saved_disable = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the SDK's INFO and WARNING lines describe its own defaults, not our build
-    restore = _validate_config_once()
-    try:
+    restore = None
+    try:  # everything changed above is undone, also when the SDK cannot be imported
+        restore = _validate_config_once()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        restore()
+        if restore is not None:
+            restore()
         logging.disable(saved_disable)
         for k, v in saved_env.items():
             if v is None:
@@ -78,6 +80,8 @@ def offline_session(config: PipelineConfig):
     import boto3
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
+    from meter.stores import boto_config
+
     class OfflinePipelineSession(PipelineSession):
         def __init__(self) -> None:
             # Credentials are never used: building a definition makes no request (tests enforce it).
@@ -86,7 +90,7 @@ def offline_session(config: PipelineConfig):
             )
             super().__init__(
                 boto_session=boto_session,
-                sagemaker_client=boto_session.client("sagemaker"),
+                sagemaker_client=boto_session.client("sagemaker", config=boto_config()),
                 default_bucket=config.bucket,
                 sagemaker_config=SDK_CONFIG,
             )

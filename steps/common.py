@@ -63,7 +63,9 @@ def hub_token() -> None:
     try:
         import boto3
 
-        secret = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        from meter.stores import boto_config
+
+        secret = boto3.client("secretsmanager", config=boto_config()).get_secret_value(SecretId=arn)["SecretString"]
     except Exception as e:  # any failure: one line naming the secret, never a traceback
         problem = f"{type(e).__name__}: {e}".split("\n")[0]
         raise MeterError(f"cannot read the Hugging Face token from {arn}: {problem}") from None

@@ -198,14 +198,51 @@ def test_s3_store_can_rely_on_the_buckets_default_retention(moto_endpoint) -> No
         ],
         BillingMode="PAY_PER_REQUEST",
     )
-    store = open_store(f"s3://{locked}/records?table={table}&retention=bucket")
+    store = open_store(f"s3://{locked}/records?table={table}&retention=bucket&retention_days=30")
     record = store.publish(draft(10**22, "L-bucket")).record
     head = s3.head_object(Bucket=locked, Key=store.key(record["record_sha256"]))
     assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert store.verify().ok
     with pytest.raises(MeterError, match=f"audit bucket {unlocked} has no default Object Lock retention"):
         open_store(f"s3://{unlocked}/records?table={table}&retention=bucket").publish(draft(10**22, "L-other"))
-    with pytest.raises(MeterError, match="not both"):
-        open_store(f"s3://{locked}/records?table={table}&retention=bucket&retention_days=3")
+    with pytest.raises(MeterError, match="retention can only be 'bucket'"):
+        open_store(f"s3://{locked}/records?table={table}&retention=30")
+
+
+def test_s3_store_refuses_a_bucket_that_locks_records_too_briefly(moto_endpoint) -> None:
+    """retention=bucket: the bucket's default retention must be at least the store's (retention_days, default 3650,
+    the AI Act's ten years); a shorter one is refused at the first write and reported broken by verify."""
+    import boto3
+
+    s3, ddb = boto3.client("s3"), boto3.client("dynamodb")
+    bucket, table = f"brief-{uuid.uuid4().hex[:10]}", f"ledger-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(
+        Bucket=bucket, ObjectLockEnabledForBucket=True, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Years": 1}}})  # fmt: skip
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "lineage", "KeyType": "HASH"}, {"AttributeName": "sequence", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "lineage", "AttributeType": "S"},
+            {"AttributeName": "sequence", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    uri = f"s3://{bucket}/records?table={table}&retention=bucket"
+    message = (
+        f"audit bucket {bucket} locks records for 1 year (365 days) by default, less than the 3650 days this store "
+        "requires: raise the bucket's default COMPLIANCE retention to at least 3650 days"
+    )
+    with pytest.raises(MeterError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+        open_store(uri).publish(draft(10**22, "L-brief"))
+    assert "\n" not in str(refused.value)
+    assert open_store(uri).entries() == []  # refused before the ledger claim
+    # a store that asks for one year accepts the bucket; one that asks for ten finds it broken
+    assert open_store(f"{uri}&retention_days=365").publish(draft(10**22, "L-brief")).record
+    report = open_store(uri).verify()
+    assert not report.ok and report.broken == f"s3://{bucket}" and report.reason.startswith(message)
 
 
 def test_documents_are_written_once(store) -> None:

@@ -108,9 +108,58 @@ def test_cdk_nag_fails_the_synth_on_an_unacknowledged_finding(tmp_path) -> None:
     with pytest.raises(Exception, match=r"ValidationFailed|Validation failed"):
         app.synth()
     report = json.loads((tmp_path / "validation-report.json").read_text())
-    (nag,) = report["pluginReports"]
+    (nag,) = [r for r in report["pluginReports"] if r["pluginName"] == "AwsSolutions"]
     assert nag["conclusion"] == "failure"
     assert any("Action::s3:*" in v["ruleName"] for v in nag["violations"])
+
+
+def test_two_stacks_and_a_redeploy_never_share_a_retained_name() -> None:
+    """Issue 18: the model package group is retained on `make destroy`; its default name carries the stack's name and
+    8 hex digits of the stack's id (new when a deleted stack is created again), so neither a second stack nor a
+    redeploy meets it. The context key flops-meter:modelPackageGroupName names the group outright."""
+    import aws_cdk as cdk
+    from aws_cdk import assertions
+
+    from infra.app import build, cdk_json_context
+    from infra.construct import GovernedFineTuningPipeline
+
+    app = cdk.App(context=cdk_json_context())
+    built = {}
+    for stack_name, pipeline_name in (("TeamA", "team-a-governed"), ("TeamB", "team-b-governed")):
+        stack = cdk.Stack(app, stack_name)
+        built[stack_name] = stack, GovernedFineTuningPipeline(stack, "Governed", pipeline_name=pipeline_name)
+    names = {}
+    for stack_name, (stack, g) in built.items():
+        t = assertions.Template.from_stack(stack)
+        (group,) = t.find_resources("AWS::SageMaker::ModelPackageGroup").values()
+        assert group["DeletionPolicy"] == "Retain"
+        name = group["Properties"]["ModelPackageGroupName"]
+        stack_uuid = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+        assert name == {"Fn::Join": ["", [f"{stack_name.lower()}-models-",
+                                          {"Fn::Select": [0, {"Fn::Split": ["-", stack_uuid]}]}]]}  # fmt: skip
+        assert stack.resolve(g.model_package_group_name) == name  # what the roles, rules and pipeline use
+        (alias,) = t.find_resources("AWS::KMS::Alias").values()
+        (trail,) = t.find_resources("AWS::CloudTrail::Trail").values()
+        names[stack_name] = {
+            "group": json.dumps(name),
+            "alias": alias["Properties"]["AliasName"],
+            "trail": trail["Properties"]["TrailName"],
+        }
+        # buckets and the ledger: named by CloudFormation (a retained one never blocks a new one)
+        assert not [b for b in t.find_resources("AWS::S3::Bucket").values() if "BucketName" in b["Properties"]]
+        assert not [d for d in t.find_resources("AWS::DynamoDB::Table").values() if "TableName" in d["Properties"]]
+    for what in ("group", "alias", "trail"):
+        assert names["TeamA"][what] != names["TeamB"][what], what
+
+    # a redeploy may name its group outright (a context value): exactly that name, in the roles' ARNs too
+    context = {**cdk_json_context(), "flops-meter:modelPackageGroupName": "Acme-Models-2027"}
+    _, stack, g = build(cdk.App(context=context), nag=False)
+    t = assertions.Template.from_stack(stack)
+    (group,) = t.find_resources("AWS::SageMaker::ModelPackageGroup").values()
+    assert group["Properties"]["ModelPackageGroupName"] == "Acme-Models-2027"
+    assert "model-package/acme-models-2027/*" in json.dumps(t.find_resources("AWS::IAM::Role"))
+    with pytest.raises(ValueError, match="model_package_group_name 'bad name'"):
+        build(cdk.App(context={**context, "flops-meter:modelPackageGroupName": "bad name"}), nag=False)
 
 
 def test_python_infra_app_synthesizes_offline(tmp_path) -> None:
