@@ -4,7 +4,7 @@ For every supported family and training method, builds a tiny random-initialised
 experts), measures one training step on an unpadded batch with ``torch.utils.flop_counter.FlopCounterMode`` and
 prints the relative error of:
 
-- ours      ``executed_flops`` of meter.count (what the kernels run: full L² attention for eager);
+- ours      ``executed_flops`` of meter.engine.count (what the kernels run: full L² attention for eager);
 - 6ND       6 · N_total · D, the usual rule of thumb;
 - HF        ``Trainer.floating_point_ops()`` (what Trainer reports as ``total_flos``): 6 · N_non-embedding · D;
 - AWS       the AWS sample's (4 · N_total + 2 · N_trainable) · D.
@@ -24,11 +24,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from meter.catalog import resolve_model
-from meter.count import CostModel, TrainingSetup
-from meter.reference import TINY_CONFIGS, build_model, standard_setups
-from meter.spec import spec_from_config
-from meter.tokens import TokenStats
+from meter.engine.catalog import resolve_model
+from meter.engine.count import CostModel, TrainingSetup
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats
+from tests.reference import TINY_CONFIGS, build_model, standard_setups
 
 
 def measure(family: str, label: str, setup: TrainingSetup, seq_len: int, rows: int) -> dict:
@@ -86,8 +86,8 @@ def measure_real(model_id: str, seq_len: int, label: str) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from meter.measure import model_from_config
-    from meter.reference import upper_half_regex
+    from meter.engine.measure import model_from_config
+    from tests.reference import upper_half_regex
 
     config = resolve_model(model_id).config
     spec = spec_from_config(config)
@@ -131,7 +131,7 @@ def measure_real(model_id: str, seq_len: int, label: str) -> dict:
     }
 
 
-# families outside the analytic engine, at full size: counted by the generic path (meter.measure) on the meta
+# families outside the analytic engine, at full size: counted by the generic path (meter.engine.measure) on the meta
 # device. Their exactness is proven on tiny models against FlopCounterMode with eager experts
 # (tests/test_model_families.py); here they are set beside the rules of thumb, and the path is timed.
 OUTSIDE = [
@@ -144,8 +144,8 @@ OUTSIDE = [
 
 
 def measure_outside(model_id: str, seq_len: int) -> dict:
-    from meter.catalog import original_facts
-    from meter.measure import MeasuredCostModel
+    from meter.engine.catalog import original_facts
+    from meter.engine.measure import MeasuredCostModel
 
     text_only = model_id.endswith(" (text model)")
     model_id = model_id.removesuffix(" (text model)")

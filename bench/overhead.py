@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
     args = parser.parse_args()
 
-    from meter.runtime import FlopsMeter
+    from meter.runtime.meter import FlopsMeter
 
     device = args.device
     model = build(device, args.hidden, args.layers).to(getattr(torch, args.dtype))

@@ -8,7 +8,7 @@ at the trainers' call sites (reference, reward, generation, policy forwards unde
 
 Per case and part: the meter's executed FLOPs, the truth, the relative error, whether the regulatory count
 (conservative scope) includes the part, and the meter's regulatory FLOPs, which by design are below executed
-(non-padding tokens, causal pairs, no recompute: meter/count.py) and have no truth here. "naive" approximates the
+(non-padding tokens, causal pairs, no recompute: meter/engine/count.py) and have no truth here. "naive" approximates the
 old behaviour, a meter that takes every forward for a training step: training + 3 × the forward-only parts
 (executed). It is computed from the recorded parts, not measured. Writes bench/results/trainers.json.
 

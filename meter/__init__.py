@@ -9,17 +9,17 @@ pure Python. Typical use::
     count.regulatory_flops, count.executed_flops
 """
 
-from meter.count import CostModel, FlopsCount, TrainingSetup, count_flops
+from meter.engine.count import CostModel, FlopsCount, TrainingSetup, count_flops
+from meter.engine.spec import ModelSpec, MoESpec, spec_from_config
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.spec import ModelSpec, MoESpec, spec_from_config
-from meter.tokens import TokenStats
 
 __version__ = "0.1.0"
 
 _LAZY = {  # these import torch/transformers: loaded on first use only
-    "FlopsMeter": "meter.runtime",
-    "FlopsMeterCallback": "meter.callback",
-    "from_recipe": "meter.recipe",
+    "FlopsMeter": "meter.runtime.meter",
+    "FlopsMeterCallback": "meter.runtime.callback",
+    "from_recipe": "meter.runtime.recipe",
 }
 
 

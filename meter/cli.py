@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meter.engine.trainer_plan import TRAINERS
 from meter.errors import MeterError
-from meter.parts import DEFAULT_SCOPE, SCOPES
-from meter.trainer_plan import TRAINERS
+from meter.policy.parts import DEFAULT_SCOPE, SCOPES
 
 # counts beyond any training run (the largest pretraining runs saw ~4e13 tokens): a typo, and the products of such
 # counts would overflow the float figures of the report
@@ -190,19 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("record", help="the record's SHA-256 (or a unique prefix), or a lineage id (its latest record)")
     show.add_argument("--store", help="audit store URI")
     show.add_argument("--json", action="store_true")
-    try:  # the pipeline commands live with the pipeline (absent in training containers, which get meter/ and steps/)
-        from pipelines.approvals import add_parser as add_approvals_parser
-        from pipelines.cli import add_parser as add_pipeline_parser
-    except ImportError:
-        pass
-    else:
-        add_pipeline_parser(sub)
-        add_approvals_parser(sub)
+    for plugin in _command_plugins():
+        plugin(sub)
     return parser
 
 
 def _default_store() -> str:
-    from meter.stores import DEFAULT_STORE
+    from meter.audit.stores import DEFAULT_STORE
 
     return DEFAULT_STORE
 
@@ -237,7 +231,7 @@ class Plan:
     selected: str
     stats: Any  # of the training steps
     threshold: Any
-    pretrain: Any  # the original's compute (meter.original.OriginalCompute)
+    pretrain: Any  # the original's compute (meter.policy.original.OriginalCompute)
     trainer: str = "sft"
     scope: str = DEFAULT_SCOPE
 
@@ -251,7 +245,7 @@ class Plan:
         return flops, (flops / per_token if per_token else None)
 
     def to_dict(self) -> dict[str, Any]:
-        from meter.thresholds import NOT_LEGAL_ADVICE
+        from meter.policy.thresholds import NOT_LEGAL_ADVICE
 
         count = self.count
         headroom_flops, headroom_tokens = self.headroom()
@@ -295,7 +289,7 @@ class Plan:
 
 
 def _parts(count, scope: str) -> dict[str, Any]:
-    from meter.parts import included
+    from meter.policy.parts import included
 
     parts = getattr(count, "parts", None) or {"training": count}
     return {
@@ -306,7 +300,7 @@ def _parts(count, scope: str) -> dict[str, Any]:
 
 
 def _trainer_plan(args):
-    from meter.trainer_plan import TrainerPlan
+    from meter.engine.trainer_plan import TrainerPlan
 
     if args.trainer == "sft":
         return TrainerPlan()
@@ -326,7 +320,7 @@ def _trainer_plan(args):
 
 
 def _stats(args, windows) -> Any:
-    from meter.tokens import TokenStats
+    from meter.engine.tokens import TokenStats
 
     if args.trainer != "sft":
         return None  # built by the trainer plan
@@ -353,12 +347,12 @@ def _targets(text: str | None):
 
 
 def plan(args) -> Plan:
-    from meter.catalog import resolve_model
-    from meter.count import CostModel, TrainingSetup, default_lora_targets
+    from meter.engine.catalog import resolve_model
+    from meter.engine.count import CostModel, TrainingSetup, default_lora_targets
+    from meter.engine.spec import spec_from_config
     from meter.errors import UnknownArchitecture
-    from meter.original import resolve_original
-    from meter.spec import spec_from_config
-    from meter.thresholds import threshold_for
+    from meter.policy.original import resolve_original
+    from meter.policy.thresholds import threshold_for
 
     resolved = resolve_model(args.model)
     trainer = _trainer_plan(args)
@@ -384,7 +378,7 @@ def plan(args) -> Plan:
                 "FlopCounterMode on a meta-device copy (sliding windows credited, chunked attention as causal)"
             )
     if measure:
-        from meter.measure import MeasuredCostModel
+        from meter.engine.measure import MeasuredCostModel
 
         models = {"measured": (setup, MeasuredCostModel(resolved.config, setup, name=resolved.name))}
         selected = "measured"
@@ -406,7 +400,7 @@ def plan(args) -> Plan:
     if measure:
         counts = {label: (s, m.count(stats), (total, m.trainable_parameters())) for label, (s, m) in models.items()}
     else:
-        from meter.trainer_plan import plan_parts
+        from meter.engine.trainer_plan import plan_parts
 
         bare = CostModel(spec, TrainingSetup(**common))  # the reference: adapters off, or a copy of the original
         counts = {}
@@ -424,7 +418,7 @@ def plan(args) -> Plan:
 
 def _upper_quarter(spec) -> str:
     """The illustrative freeze plan when none is given: the top quarter of the layers trainable."""
-    from meter.graph import layers_regex
+    from meter.engine.graph import layers_regex
 
     return layers_regex(spec, range(spec.num_layers - max(1, spec.num_layers // 4), spec.num_layers))
 
@@ -439,14 +433,14 @@ def _console():
 
 def _short(setup, spec) -> str:
     """A method label that fits a narrow terminal: 'full', 'lora r16 all-linear', 'freeze 8/32 layers'."""
-    from meter.count import default_lora_targets
+    from meter.engine.count import default_lora_targets
 
     if setup.uses_lora:
         targets = setup.lora_targets or default_lora_targets(spec.model_type if spec else "")
         targets = targets if isinstance(targets, str) else ",".join(targets)
         return f"{setup.method} r{setup.lora_r} {targets}" + (" DoRA" if setup.dora else "")
     if setup.method == "freeze" and spec is not None:
-        from meter.graph import layer_prefix
+        from meter.engine.graph import layer_prefix
 
         rx = re.compile("|".join(setup.trainable))
         layers = sum(1 for i in range(spec.num_layers) if rx.search(f"{layer_prefix(spec)}.{i}.mlp."))
@@ -458,7 +452,7 @@ def print_plan(p: Plan) -> None:
     from rich import box
     from rich.table import Table
 
-    from meter.thresholds import NOT_LEGAL_ADVICE, two_significant
+    from meter.policy.thresholds import NOT_LEGAL_ADVICE, two_significant
 
     console = _console()
     s = p.spec
@@ -547,9 +541,9 @@ def list_models(as_json: bool = False) -> None:
     source, date and the resolution trail)."""
     from rich.table import Table
 
-    from meter.catalog import bundled_configs
-    from meter.original import resolve_original
-    from meter.thresholds import two_significant
+    from meter.engine.catalog import bundled_configs
+    from meter.policy.original import resolve_original
+    from meter.policy.thresholds import two_significant
 
     rows = []
     for key, path in sorted(bundled_configs().items()):
@@ -590,7 +584,7 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
 
 
 def _read_run(path: str) -> dict[str, Any]:
-    from meter.governance import check_run_shape
+    from meter.policy.governance import check_run_shape
 
     run = _read_json(path, "run record")
     check_run_shape(run, f"run record {path}")
@@ -614,8 +608,8 @@ def _read_heads(path: str) -> dict[str, Any]:
 
 
 def _verdict(args, run: dict[str, Any], store=None):
-    from meter.governance import run_verdict
-    from meter.original import resolve_original
+    from meter.policy.governance import run_verdict
+    from meter.policy.original import resolve_original
 
     base = args.base_model or (run.get("model") or {}).get("name") or "unknown"
     original = resolve_original(base, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
@@ -628,8 +622,8 @@ def _verdict(args, run: dict[str, Any], store=None):
 
 def cmd_classify(args) -> int:
     run = _read_run(args.run)
-    from meter.governance import compliance_document
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
+    from meter.policy.governance import compliance_document
 
     store = open_store(args.store, create=False)  # a local store not there yet holds no earlier runs
     base, lineage, verdict = _verdict(args, run, store)
@@ -645,7 +639,7 @@ def cmd_classify(args) -> int:
 
 
 def _print_verdict(v, lineage: str, out: str) -> None:
-    from meter.thresholds import NOT_LEGAL_ADVICE, rule_text
+    from meter.policy.thresholds import NOT_LEGAL_ADVICE, rule_text
 
     console = _console()
     color = {"downstream_modifier": "green", "approaching": "yellow"}.get(v.status, "bold red")
@@ -666,7 +660,7 @@ def _print_verdict(v, lineage: str, out: str) -> None:
 
 
 def cmd_audit(args) -> int:
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
 
     if args.audit_command in ("verify", "heads"):
         # reading must not create: a typo in --store is an error, never an empty store reported intact
@@ -676,7 +670,7 @@ def cmd_audit(args) -> int:
     else:
         store = open_store(args.store)
     if args.audit_command == "heads":
-        from meter.stores import chain_heads
+        from meter.audit.stores import chain_heads
 
         print(json.dumps(chain_heads(store), indent=2))
         return 0
@@ -705,8 +699,8 @@ def cmd_audit(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
+    from meter.audit.stores import open_store
     from meter.report import decision_for, write_report
-    from meter.stores import open_store
 
     if Path(args.record).is_file():
         record = _read_json(args.record, "audit record")
@@ -731,7 +725,7 @@ def cmd_report(args) -> int:
 
 def _intact(record: dict, sha: str | None) -> dict:
     """Never show or report an altered record as if it were the one published."""
-    from meter.audit import hashes_to
+    from meter.audit.chain import hashes_to
 
     if not hashes_to(record, sha):
         raise MeterError(f"record {str(sha)[:12]} does not match its SHA-256: it was altered (see audit verify)")
@@ -755,11 +749,11 @@ def _resolve_sha(store, ref: str) -> str:
 
 def _publish(args, store) -> int:
 
-    from meter.governance import compliance_document, file_identity, publish
+    from meter.policy.governance import compliance_document, file_identity, publish
 
     run = _read_run(args.run)
     if args.compliance:
-        from meter.governance import check_compliance_shape
+        from meter.policy.governance import check_compliance_shape
 
         compliance = _read_json(args.compliance, "compliance file")
         check_compliance_shape(compliance, f"compliance file {args.compliance}")
@@ -776,7 +770,7 @@ def _publish(args, store) -> int:
     published = publish(store, run, compliance, revision=args.revision, parents=args.parent, dataset=dataset, code=code)
     record = published.record
     # a verdict that needs a person's decision goes to the approvals queue, as from the pipeline's PublishAudit
-    from meter.flagged import flag
+    from meter.audit.flagged import flag
 
     item = flag(store, record, published.uri)
     if args.json:
@@ -918,15 +912,28 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_audit(args)
     elif args.command == "report":
         return cmd_report(args)
-    elif args.command == "pipeline":
-        from pipelines.cli import run as run_pipeline_command
-
-        return run_pipeline_command(args)
-    elif args.command == "approvals":
-        from pipelines.approvals import run as run_approvals_command
-
-        return run_approvals_command(args)
+    elif getattr(args, "handler", None) is not None:  # a registered command group
+        return args.handler(args)
     return 0
+
+
+# Other packages add their command groups here (pyproject.toml: [project.entry-points."flops_meter.commands"]):
+# the governed pipeline's `pipeline` and `approvals`. Each entry is a callable that adds its sub-parser and sets
+# its `handler`. The meter never imports them, and where they are absent (a training container gets meter/ and
+# steps/ only) the commands are simply not there.
+COMMAND_GROUP = "flops_meter.commands"
+
+
+def _command_plugins() -> list:
+    from importlib.metadata import entry_points
+
+    plugins = []
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            plugins.append(entry.load())
+        except ImportError:  # its package is not on the path here
+            continue
+    return plugins
 
 
 if __name__ == "__main__":

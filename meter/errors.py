@@ -9,4 +9,4 @@ class MeterError(ValueError):
 
 
 class UnknownArchitecture(MeterError):
-    """The analytic engine has no reader for this model_type (the runtime then measures it: meter.measure)."""
+    """The analytic engine has no reader for this model_type (the runtime then measures it: meter.engine.measure)."""

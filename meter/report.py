@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from meter.audit.flagged import FLAGGED_STATUSES, check_decision, item_id
 from meter.errors import MeterError
-from meter.flagged import FLAGGED_STATUSES, check_decision, item_id
-from meter.thresholds import NOT_LEGAL_ADVICE, rule_text, two_significant
+from meter.policy.thresholds import NOT_LEGAL_ADVICE, rule_text, two_significant
 
 STATUS_TEXT = {
     "downstream_modifier": "Downstream modifier: below the threshold",

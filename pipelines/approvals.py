@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meter.audit.flagged import decision_document
 from meter.errors import MeterError
-from meter.flagged import decision_document
-from meter.thresholds import rule_text
+from meter.policy.thresholds import rule_text
 from pipelines.registries import Registry, description_text, metadata_value, model_package_request, verdict_metadata
 
 STATUSES = ("pending", "approved", "rejected")
@@ -151,7 +151,7 @@ def decide(
         accepted_provider_obligations=accept_provider_obligations,
         model_package=found["arn"] if found else None,
     )
-    from meter.stores import DocumentExists
+    from meter.audit.stores import DocumentExists
 
     try:
         uri, _ = store.put_document("decisions", item.id, document)
@@ -242,7 +242,7 @@ def registration_request(
     doc: dict[str, Any], record: dict[str, Any], decision: dict[str, Any], metadata: dict[str, str]
 ) -> dict[str, Any]:
     """CreateModelPackage for an approved blocked model: what RegisterModel would have sent, Approved."""
-    from meter.flagged import model_card
+    from meter.audit.flagged import model_card
 
     verdict = record["verdict"]
     return model_package_request(
@@ -271,9 +271,10 @@ def registration_request(
 
 
 def add_parser(sub) -> None:
-    from meter.stores import DEFAULT_HOME, DEFAULT_STORE
+    from meter.audit.stores import DEFAULT_HOME, DEFAULT_STORE
 
     ap = sub.add_parser("approvals", help="decide on flagged models: list, show, approve, reject")
+    ap.set_defaults(handler=run)
     asub = ap.add_subparsers(dest="approvals_command", required=True, parser_class=type(ap))
 
     def common(p, registry: bool = False) -> None:
@@ -318,7 +319,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
 
     store = open_store(args.store)
     command = args.approvals_command

@@ -15,13 +15,15 @@ import sys
 from typing import Any
 
 from meter.errors import MeterError
-from meter.thresholds import rule_text
+from meter.policy.thresholds import rule_text
 
 DEFINITION_LIMIT = 1_048_576  # characters: SageMaker's PipelineDefinition limit
 
 
 def add_parser(sub) -> None:
+    """`flops-meter pipeline …`, registered with the meter's command line (entry point flops_meter.commands)."""
     pipe = sub.add_parser("pipeline", help="the governed SageMaker pipeline: definition, upload-code, upsert, start")
+    pipe.set_defaults(handler=run)
     psub = pipe.add_subparsers(dest="pipeline_command", required=True, parser_class=type(pipe))
 
     def config_arg(p):
@@ -301,7 +303,7 @@ def print_summary(doc: dict[str, Any], home) -> None:
 def _client(service: str, config):
     import boto3
 
-    from meter.stores import boto_config
+    from meter.audit.stores import boto_config
 
     return boto3.client(service, region_name=config.region, config=boto_config())
 
@@ -319,7 +321,7 @@ class _aws_errors:
             from botocore.exceptions import BotoCoreError, ClientError
         except ImportError:
             return False
-        from meter.stores import aws_error
+        from meter.audit.stores import aws_error
 
         problem = aws_error(error, "AWS", "set region in the pipeline config")
         if problem is not None:

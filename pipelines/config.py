@@ -140,7 +140,7 @@ class PipelineConfig:
         if scheme == "file" and uri.removeprefix("file://"):
             return
         if scheme == "s3":
-            from meter.stores import open_store
+            from meter.audit.stores import open_store
 
             try:
                 open_store(uri, create=False)  # parses the URI; no AWS call

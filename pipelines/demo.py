@@ -30,7 +30,7 @@ def run_demo(home: Path, quiet: bool = True) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from meter.stores import DEFAULT_STORE
+    from meter.audit.stores import DEFAULT_STORE
     from pipelines.local import LocalRegistry, local_store_uri, run_governed, stage_governed
 
     console = Console() if sys.stdout.isatty() else Console(width=120)

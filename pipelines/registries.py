@@ -137,7 +137,7 @@ class SageMakerRegistry:
             raise MeterError("the SageMaker registry needs boto3: pip install 'flops-meter[pipeline]'") from None
         from botocore.exceptions import BotoCoreError
 
-        from meter.stores import aws_error, boto_config
+        from meter.audit.stores import aws_error, boto_config
 
         try:
             self.client = boto3.session.Session(region_name=region).client("sagemaker", config=boto_config())

@@ -80,7 +80,7 @@ def offline_session(config: PipelineConfig):
     import boto3
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
-    from meter.stores import boto_config
+    from meter.audit.stores import boto_config
 
     class OfflinePipelineSession(PipelineSession):
         def __init__(self) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from meter.governance import compliance_document, run_verdict
-from meter.original import resolve_original
+from meter.policy.governance import compliance_document, run_verdict
+from meter.policy.original import resolve_original
 from steps.common import flag, processing_input, processing_output, read_run_record, run_step, write_json
 
 
@@ -29,7 +29,7 @@ def main() -> int:
     lineage = args.lineage or base
     store = None
     if args.store_uri:
-        from meter.stores import open_store
+        from meter.audit.stores import open_store
 
         store = open_store(args.store_uri)
     original = resolve_original(

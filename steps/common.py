@@ -63,7 +63,7 @@ def hub_token() -> None:
     try:
         import boto3
 
-        from meter.stores import boto_config
+        from meter.audit.stores import boto_config
 
         secret = boto3.client("secretsmanager", config=boto_config()).get_secret_value(SecretId=arn)["SecretString"]
     except Exception as e:  # any failure: one line naming the secret, never a traceback

@@ -13,15 +13,15 @@ import json
 import shutil
 from pathlib import Path
 
-from meter.catalog import resolve_model
-from meter.compliance import classify
-from meter.count import CostModel
+from meter.engine.catalog import resolve_model
+from meter.engine.count import CostModel
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.original import resolve_original
-from meter.recipe import load_recipe
-from meter.spec import spec_from_config
-from meter.thresholds import rule_text
-from meter.tokens import TokenStats
+from meter.policy.compliance import classify
+from meter.policy.original import resolve_original
+from meter.policy.thresholds import rule_text
+from meter.runtime.recipe import load_recipe
 from steps.common import (
     MODEL_INPUTS,
     flag,
@@ -133,7 +133,7 @@ def main() -> int:
 
     prior = 0
     if args.store_uri and args.lineage:
-        from meter.stores import open_store
+        from meter.audit.stores import open_store
 
         prior = open_store(args.store_uri).lineage_flops(args.lineage)
     original = resolve_original(

@@ -15,9 +15,9 @@ import argparse
 import hashlib
 import json
 
-from meter.flagged import flag, model_card
-from meter.governance import publish, verdict_metadata
-from meter.stores import open_store
+from meter.audit.flagged import flag, model_card
+from meter.audit.stores import open_store
+from meter.policy.governance import publish, verdict_metadata
 from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meter.count import METHODS, TrainingSetup
+from meter.engine.count import METHODS, TrainingSetup
 from meter.errors import MeterError
 
 # the methods TrainWithMeter's bundled script trains (the meter counts more: QLoRA needs bitsandbytes on a GPU,

@@ -15,7 +15,7 @@ import os
 import shutil
 
 from meter.errors import MeterError
-from meter.recipe import load_recipe
+from meter.runtime.recipe import load_recipe
 from steps.common import (
     checkpoint_dir,
     flag,
@@ -39,8 +39,8 @@ def build_model(recipe: Recipe, local):
     from transformers import AutoModelForCausalLM
 
     if recipe.base_model_id in DEMO_MODELS and local is None:
-        from meter.catalog import resolve_model
-        from meter.measure import model_from_config
+        from meter.engine.catalog import resolve_model
+        from meter.engine.measure import model_from_config
 
         torch.manual_seed(0)
         model = model_from_config(
@@ -86,7 +86,7 @@ def main() -> int:
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from meter.callback import FlopsMeterCallback
+    from meter.runtime.callback import FlopsMeterCallback
 
     hps = hyperparameters()
     doc = load_recipe(hps.get("recipe") or one_file(training_channel("recipe"), ("*.yaml", "*.yml"), "recipe"))

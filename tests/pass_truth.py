@@ -24,10 +24,10 @@ from typing import Any
 
 def flop_counter():
     """FlopCounterMode, with torch's addmm formula (2·m·k·n) for the in-place addmm_ as well, less the rotary
-    frequency table (``meter.reference.truth_counter``)."""
+    frequency table (``tests.reference.truth_counter``)."""
     import torch
 
-    from meter.reference import truth_counter
+    from tests.reference import truth_counter
 
     def addmm_(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
         (m, k), (_, n) = a_shape, b_shape

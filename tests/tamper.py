@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meter.audit import canonical_json, record_hash
-from meter.compliance import OriginalCompute, classify
-from meter.flagged import decision_document, flag, flagged_item
-from meter.governance import compliance_document, publish
+from meter.audit.chain import canonical_json, record_hash
+from meter.audit.flagged import decision_document, flag, flagged_item
+from meter.policy.compliance import OriginalCompute, classify
+from meter.policy.governance import compliance_document, publish
 
 ORIGINAL = OriginalCompute(3 * 10**23, "user", "given")
 FLOPS = (2 * 10**22, 2 * 10**22, 2 * 10**22, 4 * 10**22, 5 * 10**22)  # cumulative crosses 1e23 at the 5th
@@ -104,7 +104,7 @@ def _flip_decision(store, records) -> None:
     path = next((store.root / "decisions").glob("*.json"))
     decision = json.loads(path.read_bytes())
     decision["decision"] = "approved"
-    from meter.flagged import decision_hash
+    from meter.audit.flagged import decision_hash
 
     decision["decision_sha256"] = decision_hash(decision)
     _write(path, canonical_json(decision))
@@ -158,7 +158,7 @@ def _verdict(report) -> str:
 
 
 def run_local(tmp: Path) -> list[Outcome]:
-    from meter.stores import FileStore, chain_heads
+    from meter.audit.stores import FileStore, chain_heads
 
     outcomes = []
     for i, (name, attack) in enumerate(LOCAL.items()):
@@ -222,7 +222,7 @@ S3: dict[str, Callable] = {
 
 
 def run_s3(uri_factory: Callable[[], str], only: str | None = None) -> list[Outcome]:
-    from meter.stores import chain_heads, open_store
+    from meter.audit.stores import chain_heads, open_store
 
     outcomes = []
     for name, attack in S3.items():

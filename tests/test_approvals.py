@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from meter.audit.flagged import decision_hash, flagged_item, item_id
 from meter.cli import main
-from meter.flagged import decision_hash, flagged_item, item_id
 
 NO_SDK = importlib.util.find_spec("sagemaker") is None
 pytestmark = pytest.mark.skipif(NO_SDK, reason="needs the SageMaker SDK (pip install 'flops-meter[pipeline]')")
@@ -210,9 +210,9 @@ def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
     """The same decisions against SageMaker's Model Registry (moto) and the S3/DynamoDB store."""
     import boto3
 
-    from meter.compliance import OriginalCompute, classify
-    from meter.governance import compliance_document, publish
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
+    from meter.policy.compliance import OriginalCompute, classify
+    from meter.policy.governance import compliance_document, publish
     from tests.test_audit import run_record
 
     store = open_store(s3_store_uri)
@@ -327,8 +327,8 @@ def notified(s3_store_uri, monkeypatch):
 
 
 def crossed_record(store, lineage: str, flops: int = 2 * 10**23):
-    from meter.compliance import OriginalCompute, classify
-    from meter.governance import compliance_document, publish
+    from meter.policy.compliance import OriginalCompute, classify
+    from meter.policy.governance import compliance_document, publish
     from tests.test_audit import run_record
 
     run = run_record(flops)
@@ -337,7 +337,7 @@ def crossed_record(store, lineage: str, flops: int = 2 * 10**23):
 
 
 def test_the_function_writes_the_flagged_item_and_notifies_on_a_blocked_run(runs, notified) -> None:
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
     from pipelines.notify import handler
 
     store_uri, inbox = notified
@@ -370,8 +370,8 @@ def test_the_function_writes_the_flagged_item_and_notifies_on_a_blocked_run(runs
 def test_the_function_notifies_a_stopped_plan_and_registered_packages(notified) -> None:
     import boto3
 
-    from meter.flagged import flagged_item
-    from meter.stores import open_store
+    from meter.audit.flagged import flagged_item
+    from meter.audit.stores import open_store
     from pipelines.notify import handler
 
     store_uri, inbox = notified
@@ -441,7 +441,7 @@ def test_the_daily_verification_alarms_the_approvers_when_the_store_was_altered(
     """The stack's schedule sends {"flops_meter": "verify"}: the metric it puts, and a message when it fails."""
     import boto3
 
-    from meter.stores import open_store
+    from meter.audit.stores import open_store
     from pipelines.notify import handler
 
     uri, inbox = notified

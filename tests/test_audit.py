@@ -13,10 +13,10 @@ import uuid
 
 import pytest
 
-from meter.audit import canonical_json, draft_record, record_hash, validate
-from meter.compliance import OriginalCompute, classify
+from meter.audit.chain import canonical_json, draft_record, record_hash, validate
+from meter.audit.stores import FileStore, open_store
 from meter.errors import MeterError
-from meter.stores import FileStore, open_store
+from meter.policy.compliance import OriginalCompute, classify
 
 ORIGINAL = OriginalCompute(7.2e23, "reported", "Meta Llama 3 model card")
 
@@ -53,7 +53,7 @@ def store(request, tmp_path):
 
 def test_records_validate_and_hash_canonically() -> None:
     d = draft(10**22)
-    from meter.audit import seal
+    from meter.audit.chain import seal
 
     record = seal(d, sequence=1, previous=None)
     validate(record)
@@ -247,7 +247,7 @@ def test_s3_store_refuses_a_bucket_that_locks_records_too_briefly(moto_endpoint)
 
 def test_documents_are_written_once(store) -> None:
     """Flagged items and decisions: identical rewrite is a no-op, other content is refused, listing returns them."""
-    from meter.stores import DocumentExists
+    from meter.audit.stores import DocumentExists
 
     name = f"item-{uuid.uuid4().hex[:8]}"
     uri, created = store.put_document("decisions", name, {"decision": "approved", "approver": "A"})

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from meter.cli import main
-from meter.reference import TINY_CONFIGS
+from tests.reference import TINY_CONFIGS
 from tests.test_audit import run_record
 
 LONG = "n" * 300  # one path component over NAME_MAX (255): ENAMETOOLONG
@@ -718,7 +718,7 @@ def test_an_endpoint_that_never_answers_fails_verify_in_bounded_time(capsys, aws
 
 def test_every_client_gets_the_timeouts() -> None:
     pytest.importorskip("botocore")
-    from meter.stores import boto_config
+    from meter.audit.stores import boto_config
 
     config = boto_config()
     assert config.connect_timeout <= 10 and config.read_timeout <= 10
@@ -727,7 +727,7 @@ def test_every_client_gets_the_timeouts() -> None:
 
 
 def test_no_client_is_created_without_the_shared_config() -> None:
-    """Every boto3 client the code creates takes its Config from meter.stores.boto_config."""
+    """Every boto3 client the code creates takes its Config from meter.audit.stores.boto_config."""
     root = Path(__file__).resolve().parent.parent
     found = []
     for package in ("meter", "pipelines", "steps"):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from meter.cli import main
-from meter.reference import TINY_CONFIGS
+from tests.reference import TINY_CONFIGS
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

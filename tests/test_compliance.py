@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meter.compliance import OriginalCompute, classify
 from meter.errors import MeterError
+from meter.policy.compliance import OriginalCompute, classify
 
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc)
 LLAMA2_7B = OriginalCompute(8.4e22, "reported", "Meta Llama 2 model card; Epoch AI")
@@ -137,7 +137,7 @@ def test_never_downstream_above_the_threshold(original, run, prior) -> None:
 def test_metadata_gives_exact_integers_and_duties_are_complete() -> None:
     """Registry metadata: the threshold as the exact whole number of FLOP it is compared as, never a float's
     rounding (2.7999999999999996e+22); a provider's duties include Art. 54 (Guidelines para 69)."""
-    from meter.governance import compliance_document
+    from meter.policy.governance import compliance_document
 
     v = classify(10**23, LLAMA2_7B, now=NOW)
     doc = compliance_document(v, lineage="l", base_model="meta-llama/Llama-2-7b-hf", run_id="r")

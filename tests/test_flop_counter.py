@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from meter.count import CostModel, TrainingSetup
-from meter.reference import (
+from meter.engine.count import CostModel, TrainingSetup
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats
+from tests.reference import (
     QV_TARGETS,
     TINY_CONFIGS,
     build_model,
@@ -20,8 +22,6 @@ from meter.reference import (
     standard_setups,
     upper_half_regex,
 )
-from meter.spec import spec_from_config
-from meter.tokens import TokenStats
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

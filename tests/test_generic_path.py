@@ -2,7 +2,7 @@
 
 Truths: FlopCounterMode around the real training (eager attention) for families the engine does not know (Gemma 3
 with alternating sliding windows, OLMo 2); and, for families it does know, the analytic engine itself, which the
-measured path must agree with although it shares none of its code (meter.graph/count vs FlopCounterMode).
+measured path must agree with although it shares none of its code (meter.engine.graph/count vs FlopCounterMode).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch
 from transformers import TrainerCallback
 
 from meter import CostModel, FlopsMeterCallback, TokenStats, spec_from_config
+from meter.engine.measure import MeasuredCostModel
 from meter.errors import MeterError
-from meter.introspect import observe_model
-from meter.measure import MeasuredCostModel
-from meter.reference import TINY_CONFIGS, build_model, standard_setups
+from meter.runtime.introspect import observe_model
 from tests.pass_truth import PassTruth
+from tests.reference import TINY_CONFIGS, build_model, standard_setups
 from tests.trainer_jobs import read_record, run, sequences
 
 
@@ -82,7 +82,7 @@ MUST_HAVES = ("gpt_oss", "deepseek_v3", "llama4_text", "qwen3_next", "ministral3
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "full-checkpointing"])
 def test_must_have_families_train_and_are_counted_exactly(tmp_path, model_type, checkpointing) -> None:
     """A tiny Trainer run records the count FlopCounterMode sees (eager attention, eager experts). Rows of 64
-    tokens with no padding: Qwen3-Next's chunked linear attention pads to 64 (meter.measure states it)."""
+    tokens with no padding: Qwen3-Next's chunked linear attention pads to 64 (meter.engine.measure states it)."""
     from tests.tiny_families import build
 
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def test_config_only_measure_counts_lora_and_freeze() -> None:
     the same way, counts (and that equals FlopCounterMode: tests/test_model_families.py)."""
     from peft import LoraConfig, get_peft_model
 
-    from meter.count import TrainingSetup
+    from meter.engine.count import TrainingSetup
     from tests.tiny_families import build, tiny_config
 
     config = tiny_config("gemma3_text").to_dict()

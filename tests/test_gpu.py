@@ -15,8 +15,8 @@ def test_qlora_is_counted_by_logical_shape(tmp_path) -> None:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config
-    from meter.measure import model_from_config
-    from meter.reference import TINY_CONFIGS
+    from meter.engine.measure import model_from_config
+    from tests.reference import TINY_CONFIGS
     from tests.trainer_jobs import lengths, read_record, run, sequences
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
@@ -41,7 +41,7 @@ def test_nvml_on_a_real_gpu(tmp_path) -> None:
     pytest.importorskip("pynvml")
     import time
 
-    from meter.nvml import NvmlSampler
+    from meter.runtime.nvml import NvmlSampler
 
     sampler = NvmlSampler(interval=0.1).start()
     x = torch.randn(4096, 4096, device="cuda")
@@ -63,7 +63,7 @@ def test_full_run_on_gpu_counts_exactly_and_measures_energy(tmp_path) -> None:
     """A bf16 Trainer run on the GPU: the count is the engine's, and the record holds NVML energy and the chip."""
     pytest.importorskip("pynvml")
     from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config
-    from meter.reference import TINY_CONFIGS
+    from tests.reference import TINY_CONFIGS
     from tests.trainer_jobs import lengths, read_record, run, sequences, tiny_model
 
     model = tiny_model("llama").cuda()

@@ -163,7 +163,7 @@ def test_key_ledger_and_topic(synth) -> None:
     assert props["KeySchema"] == [
         {"AttributeName": "lineage", "KeyType": "HASH"},
         {"AttributeName": "sequence", "KeyType": "RANGE"},
-    ]  # what meter.stores.S3Store writes
+    ]  # what meter.audit.stores.S3Store writes
     assert props["SSESpecification"] == {"KMSMasterKeyId": key_arn, "SSEEnabled": True, "SSEType": "KMS"}
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["DeletionProtectionEnabled"] is True and ledger["DeletionPolicy"] == "Retain"
@@ -432,7 +432,7 @@ def test_approval_function_runs_the_handler_from_its_asset(synth) -> None:
     assert env["TOPIC_ARN"] == {"Ref": logical_id(stack, g.topic)}
     assert props["KmsKeyArn"] == {"Fn::GetAtt": [logical_id(stack, g.key), "Arn"]}  # its environment, too
     asset = synth["outdir"] / f"asset.{props['Code']['S3Key'].removesuffix('.zip')}"
-    assert (asset / "meter" / "flagged.py").read_bytes() == (ROOT / "meter" / "flagged.py").read_bytes()
+    assert (asset / "meter/audit/flagged.py").read_bytes() == (ROOT / "meter/audit/flagged.py").read_bytes()
     assert not list(asset.rglob("__pycache__")) and not (asset / "infra").exists()
     # every module of ours from the asset, none from this checkout (an editable install would hide a missing one)
     probe = (

@@ -9,9 +9,9 @@ import types
 import pytest
 
 from meter.errors import MeterError
-from meter.hardware import identify, peak_flops
-from meter.nvml import NvmlSampler
-from meter.recipe import from_recipe, load_recipe, meter_options
+from meter.runtime.hardware import identify, peak_flops
+from meter.runtime.nvml import NvmlSampler
+from meter.runtime.recipe import from_recipe, load_recipe, meter_options
 
 
 def fake_pynvml(devices: dict[int, dict], energy: bool = True) -> types.ModuleType:

@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from meter.count import CostModel, TrainingSetup
+from meter.engine.count import CostModel, TrainingSetup
+from meter.engine.measure import MeasuredCostModel
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.measure import MeasuredCostModel
-from meter.reference import TINY_CONFIGS
-from meter.spec import spec_from_config
-from meter.tokens import TokenStats
+from tests.reference import TINY_CONFIGS
 
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, meter, meter.count, meter.cli, meter.catalog, meter.thresholds;"
+        "import sys, meter, meter.engine.count, meter.cli, meter.engine.catalog, meter.policy.thresholds;"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'sagemaker', 'boto3', 'aws_cdk') if m in sys.modules];"
         "print(','.join(heavy))"
     )
@@ -58,7 +58,7 @@ def test_invalid_setups() -> None:
     spec = spec_from_config(TINY_CONFIGS["llama"])
     with pytest.raises(MeterError, match="matches no parameter"):
         CostModel(spec, TrainingSetup(method="freeze", trainable=("transformer\\.h",)))
-    from meter.count import peft_maps_expert_parameters
+    from meter.engine.count import peft_maps_expert_parameters
 
     # peft >= 0.19 maps w1 onto the fused gate_up_proj (w3 must come with it); peft 0.18 targets linear layers only
     fused = "fused into gate_up_proj: also target w3" if peft_maps_expert_parameters() else "match no linear layer"

@@ -2,7 +2,7 @@
 
 Truth: FlopCounterMode around a real training step of the tiny CPU model (eager attention, eager experts), which
 shares no code with the meter. The meter's generic path measures a meta-device copy prepared as the live model
-trains (meter.measure): for each type and each method (full, LoRA on all linear layers, freeze, gradient
+trains (meter.engine.measure): for each type and each method (full, LoRA on all linear layers, freeze, gradient
 checkpointing) its executed count must equal the truth to the FLOP, or the measurement must refuse with a
 MeterError naming why; never a different number.
 """
@@ -16,10 +16,10 @@ pytest.importorskip("peft")
 
 import torch
 
+from meter.engine.measure import MeasuredCostModel
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.introspect import observe_model
-from meter.measure import MeasuredCostModel
-from meter.tokens import TokenStats
+from meter.runtime.introspect import observe_model
 from tests.pass_truth import flop_counter
 from tests.tiny_families import CANNOT_BUILD, NOT_DECODER_LMS, TOO_LARGE, build, causal_lm_types
 
@@ -36,7 +36,7 @@ REFUSED: dict[str, str] = {
 
 # a multiple of 64: chunked linear-attention kernels (Qwen3-Next, Qwen3.5, OLMo hybrid, Mamba-2 layers) pad each
 # sequence to their chunk size; the fit is exact at chunk multiples and the executed count leaves out the padding
-# of the last chunk otherwise (stated in meter.measure)
+# of the last chunk otherwise (stated in meter.engine.measure)
 SEQ = 64
 
 # (model type, method) -> why that setup cannot be measured on the meta device: refused, as REFUSED

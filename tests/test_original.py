@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from meter.catalog import bundled_configs, original_facts, pretrain_table
-from meter.compliance import OriginalCompute, classify
+from meter.engine.catalog import bundled_configs, original_facts, pretrain_table
+from meter.engine.spec import load_config, spec_from_config
 from meter.errors import MeterError, UnknownArchitecture
-from meter.original import PEAKS, estimates, nlhu, resolve_original, six_pd
-from meter.spec import load_config, spec_from_config
+from meter.policy.compliance import OriginalCompute, classify
+from meter.policy.original import PEAKS, estimates, nlhu, resolve_original, six_pd
 
 
 def two_sf(x: float, how=round) -> float:
@@ -125,7 +125,7 @@ def _parameters(config: dict) -> int:
     except UnknownArchitecture:
         import torch
 
-        from meter.measure import model_from_config
+        from meter.engine.measure import model_from_config
 
         with torch.device("meta"):
             return model_from_config(config).num_parameters()
@@ -161,7 +161,7 @@ def test_a_forecast_above_1e25_cumulative_requires_notification() -> None:
 
 def test_variants_resolve_to_bases_filed_under_another_suffix() -> None:
     """Instruct ids find bases published as '-pt' or '-Base-': the facts and the architecture of the base."""
-    from meter.catalog import resolve_model
+    from meter.engine.catalog import resolve_model
 
     assert original_facts("google/gemma-3-4b-it")[0]["id"] == "google/gemma-3-4b-pt"
     small = "mistralai/Mistral-Small-24B-Instruct-2501"

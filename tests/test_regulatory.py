@@ -1,6 +1,6 @@
 """The regulatory count of well-known configs, reproduced by independent textbook formulas.
 
-The formulas are written here from the architecture papers, not from meter.graph: forward FLOPs per token are
+The formulas are written here from the architecture papers, not from meter.engine.graph: forward FLOPs per token are
 2 × (multiply-adds of every projection, the LM head included even when tied) plus 2 × 2·n_q·d per causal
 query–key pair; full fine-tuning is 3 × forward (every operand of every product needs a gradient).
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from meter.catalog import bundled_configs, resolve_model
-from meter.count import CostModel, TrainingSetup
-from meter.spec import spec_from_config
-from meter.tokens import TokenStats, window_pairs
+from meter.engine.catalog import bundled_configs, resolve_model
+from meter.engine.count import CostModel, TrainingSetup
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats, window_pairs
 
 
 def dense_forward_per_token(h, layers, n_q, n_kv, d, inter, vocab, gated=True) -> int:

@@ -13,12 +13,12 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from meter.audit import draft_record
+from meter.audit.chain import draft_record
+from meter.audit.flagged import decision_document, flag
+from meter.audit.stores import FileStore
 from meter.cli import main
-from meter.compliance import classify
-from meter.flagged import decision_document, flag
-from meter.stores import FileStore
-from meter.thresholds import two_significant
+from meter.policy.compliance import classify
+from meter.policy.thresholds import two_significant
 from tests.test_audit import ORIGINAL, draft, run_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -262,7 +262,7 @@ def test_an_altered_decision_is_refused(tmp_path, gpu_record, capsys) -> None:
 def test_cpu_run_reports_hardware_and_energy_in_plain_words(tmp_path) -> None:
     """A real meter run on the CPU: the report says no GPU was used, not the sampler's internal reason."""
     pytest.importorskip("transformers")
-    from meter.runtime import FlopsMeter
+    from meter.runtime.meter import FlopsMeter
     from tests.trainer_jobs import PadCollator, sequences, tiny_model
 
     model, collate = tiny_model(), PadCollator()

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 import torch
 
 from meter import CostModel, FlopsMeter, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config
-from meter.reference import TINY_CONFIGS
+from tests.reference import TINY_CONFIGS
 from tests.trainer_jobs import EOS, PAD, lengths, read_record, run, sequences, tiny_model
 
 SPEC = spec_from_config(TINY_CONFIGS["llama"])

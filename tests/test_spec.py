@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from meter.catalog import bundled_configs
+from meter.engine.catalog import bundled_configs
+from meter.engine.spec import SUPPORTED_MODEL_TYPES, spec_from_config
 from meter.errors import MeterError, UnknownArchitecture
-from meter.reference import TINY_CONFIGS
-from meter.spec import SUPPORTED_MODEL_TYPES, spec_from_config
+from tests.reference import TINY_CONFIGS
 
 REQUIRED_FAMILIES = {
     "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe",
@@ -78,7 +78,7 @@ def test_bundled_configs_have_the_parameters_transformers_builds(path) -> None:
     """Every shipped config, built on the meta device by transformers, has exactly our parameter count."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from meter.measure import model_from_config
+    from meter.engine.measure import model_from_config
 
     config = json.loads(path.read_text())
     if "vision_config" in config:  # multimodal: refused by the engine with a reason, never unwrapped
@@ -137,7 +137,7 @@ def test_sliding_windows_are_the_ones_transformers_runs(model_type, extra) -> No
     """Truth: the config transformers itself builds from the same keys (its layer_types after post-init)."""
     from transformers import AutoConfig
 
-    from meter.reference import TINY_CONFIGS
+    from tests.reference import TINY_CONFIGS
 
     raw = {k: v for k, v in TINY_CONFIGS[model_type].items() if k != "sliding_window"}
     raw.update(extra)

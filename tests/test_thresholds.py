@@ -9,10 +9,10 @@ from importlib import resources
 
 import pytest
 
-from meter.catalog import pretrain_table
+from meter.engine.catalog import pretrain_table
 from meter.errors import MeterError
-from meter.original import resolve_original
-from meter.thresholds import threshold_for
+from meter.policy.original import resolve_original
+from meter.policy.thresholds import threshold_for
 
 
 def test_known_compute_gives_one_third_whatever_its_size() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from meter.count import CostModel, TrainingSetup
+from meter.engine.count import CostModel, TrainingSetup
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats, window_pairs
 from meter.errors import MeterError
-from meter.reference import TINY_CONFIGS, build_model
-from meter.spec import spec_from_config
-from meter.tokens import TokenStats, window_pairs
+from tests.reference import TINY_CONFIGS, build_model
 
 
 def test_padding_left_right_and_mixed_count_the_same() -> None:
@@ -81,7 +81,7 @@ def test_packed_batch_matches_flop_counter() -> None:
     model = build_model(config, TrainingSetup())
     position_ids = torch.tensor([list(range(50)) + list(range(30)) + list(range(48))])
     ids = torch.randint(1, config["vocab_size"], (1, 128))
-    from meter.reference import truth_counter
+    from tests.reference import truth_counter
 
     counter = truth_counter()
     with counter:

@@ -17,9 +17,9 @@ datasets = pytest.importorskip("datasets")
 
 from meter import CostModel, TrainingSetup, spec_from_config  # noqa: E402
 from meter.cli import main  # noqa: E402
+from meter.engine.trainer_plan import TrainerPlan, plan_parts  # noqa: E402
 from meter.errors import MeterError  # noqa: E402
-from meter.reference import TINY_CONFIGS  # noqa: E402
-from meter.trainer_plan import TrainerPlan, plan_parts  # noqa: E402
+from tests.reference import TINY_CONFIGS  # noqa: E402
 from tests.trainer_jobs import read_record, tiny_model, word_tokenizer, words  # noqa: E402
 
 SPEC = spec_from_config(TINY_CONFIGS["llama"])

@@ -19,9 +19,9 @@ datasets = pytest.importorskip("datasets")
 import torch  # noqa: E402
 
 from meter import FlopsMeter, FlopsMeterCallback  # noqa: E402
-from meter.parts import SCOPES  # noqa: E402
-from meter.reference import TINY_CONFIGS  # noqa: E402
+from meter.policy.parts import SCOPES  # noqa: E402
 from tests.pass_truth import PassTruth  # noqa: E402
+from tests.reference import TINY_CONFIGS  # noqa: E402
 from tests.trainer_jobs import (  # noqa: E402
     PadCollator,
     read_record,

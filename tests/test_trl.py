@@ -10,8 +10,8 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from meter import CostModel, FlopsMeterCallback, TokenStats, TrainingSetup, spec_from_config  # noqa: E402
-from meter.reference import TINY_CONFIGS  # noqa: E402
 from tests.pass_truth import PassTruth  # noqa: E402
+from tests.reference import TINY_CONFIGS  # noqa: E402
 from tests.trainer_jobs import lengths, read_record, sequences, tiny_model, word_tokenizer  # noqa: E402
 
 

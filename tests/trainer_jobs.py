@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from meter.reference import TINY_CONFIGS
 from steps.data import EOS, PAD, PadCollator  # pad = EOS = 2, as for Llama
+from tests.reference import TINY_CONFIGS
 
 __all__ = ["EOS", "PAD", "PadCollator"]
 
@@ -16,7 +16,7 @@ __all__ = ["EOS", "PAD", "PadCollator"]
 def tiny_model(family: str = "llama", seed: int = 0):
     import torch
 
-    from meter.measure import model_from_config
+    from meter.engine.measure import model_from_config
 
     torch.manual_seed(seed)
     return model_from_config(TINY_CONFIGS[family], attn_implementation="eager")

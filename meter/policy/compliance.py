@@ -3,7 +3,7 @@
 Inputs: this run's regulatory count (and forecast), the original model's compute with where it came from, whether
 the original has systemic risk, and the compute already recorded for the same model lineage — all jobs that
 produce one released model (SFT, then DPO, resumed jobs …) are one modification (the conservative reading; the
-Guidelines do not settle it). Thresholds come from meter.thresholds; nothing here invents a number.
+Guidelines do not settle it). Thresholds come from meter.policy.thresholds; nothing here invents a number.
 
 Statuses:
 - ``downstream_modifier``  cumulative compute at most the threshold (and below the approaching fraction);
@@ -27,8 +27,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from meter.errors import MeterError
-from meter.original import OriginalCompute
-from meter.thresholds import (
+from meter.policy.original import OriginalCompute
+from meter.policy.thresholds import (
     NOT_LEGAL_ADVICE,
     NOTIFICATION_DAYS,
     SYSTEMIC_RISK_FLOPS,

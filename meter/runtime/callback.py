@@ -2,15 +2,15 @@
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[FlopsMeterCallback()])
 
-At ``on_train_begin`` it reads the model (plain, PEFT, 4-bit) and its config, detects the training method and
-installs forward hooks that attribute every forward pass to a part of the run (training step, generation,
-reference pass, forward-only pass, evaluation: see meter.parts) and count it on its device. The trainer's separate
-models — TRL's ``ref_model`` and ``reward_funcs`` that are modules — are found on the trainer and counted in their
-parts. It reads the counts back every ``log_every`` steps and whenever the Trainer logs, saves or stops (all ranks
-alike, so collectives stay matched), adds them to the ``logs`` the reporting integrations receive (W&B, MLflow,
-TensorBoard, the console) and to ``state.log_history``, prints ``flops_meter: cumulative_flops=<n>`` lines for
-SageMaker metric definitions, keeps its totals in every checkpoint (``stateful_callbacks``) and a journal next to
-them, and writes the run record at ``on_train_end``.
+At ``on_train_begin`` it reads the model (plain, PEFT, 4-bit) and its config, detects the training method and installs
+forward hooks that attribute every forward pass to a part of the run (training step, generation, reference pass,
+forward-only pass, evaluation: see meter.policy.parts) and count it on its device. The trainer's separate models — TRL's
+``ref_model`` and ``reward_funcs`` that are modules — are found on the trainer and counted in their parts. It reads the
+counts back every ``log_every`` steps and whenever the Trainer logs, saves or stops (all ranks alike, so collectives
+stay matched), adds them to the ``logs`` the reporting integrations receive (W&B, MLflow, TensorBoard, the console) and
+to ``state.log_history``, prints ``flops_meter: cumulative_flops=<n>`` lines for SageMaker metric definitions, keeps its
+totals in every checkpoint (``stateful_callbacks``) and a journal next to them, and writes the run record at
+``on_train_end``.
 
 It never breaks the job it measures: every event is guarded. A failure degrades the count (the record says
 ``confidence: lower_bound`` and why, in one log line) or, if the model cannot be read at all, writes a record with
@@ -28,8 +28,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from meter.parts import DEFAULT_SCOPE
-from meter.runtime import JOURNAL_NAME, FlopsMeter, check_options, default_output_path, write_not_counted
+from meter.policy.parts import DEFAULT_SCOPE
+from meter.runtime.meter import JOURNAL_NAME, FlopsMeter, check_options, default_output_path, write_not_counted
 
 log = logging.getLogger("flops_meter")
 LOG_KEYS = ("flops_meter/regulatory_flops", "flops_meter/executed_flops", "flops_meter/tokens")
@@ -63,7 +63,7 @@ class FlopsMeterCallback(TrainerCallback, ExportableState):
         watch_trainer_models: bool = True,
     ):
         """``regulatory_scope``: "conservative" (default: training, generation, reference and reward passes) or
-        "updates_only" (training steps alone); see meter.parts. ``watch_trainer_models``: count the trainer's
+        "updates_only" (training steps alone); see meter.policy.parts. ``watch_trainer_models``: count the trainer's
         reference and reward models too."""
         check_options(
             log_every=log_every,
@@ -224,7 +224,7 @@ def _separate_models(trainer, policy) -> list[tuple[str, Any]]:
     """TRL's conventions: ``ref_model`` (DPO, KTO, GRPO, RLOO …) and module ``reward_funcs`` / ``reward_model``."""
     import torch
 
-    from meter.introspect import unwrap
+    from meter.runtime.introspect import unwrap
 
     found: list[tuple[str, Any]] = []
     seen = {id(unwrap(policy))}

@@ -71,7 +71,7 @@ def meter_options(recipe: Mapping[str, Any]) -> dict[str, Any] | None:
     options = {k: section[k] for k in OPTIONS if k in section}
     for key in ("pretrain_flops", "budget_flops"):  # YAML reads 1e23 as a string
         if isinstance(options.get(key), str):
-            from meter.thresholds import check_flops
+            from meter.policy.thresholds import check_flops
 
             options[key] = check_flops(options[key], f"flops_meter.{key}")
     return options
@@ -83,6 +83,6 @@ def from_recipe(recipe: str | os.PathLike | Mapping[str, Any]):
     if options is None:
         log.info("flops_meter: compute_flops is not set in the recipe: the meter is off")
         return None
-    from meter.callback import FlopsMeterCallback
+    from meter.runtime.callback import FlopsMeterCallback
 
     return FlopsMeterCallback(**options)

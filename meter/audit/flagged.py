@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from meter.audit import canonical_json
+from meter.audit.chain import canonical_json
 
 FLAGGED_STATUSES = ("gpai_provider", "gpai_sr_provider", "approaching")
 ITEM_VERSION = DECISION_VERSION = 1

@@ -8,7 +8,7 @@ Each decoder layer is an ordered list of ops, in the order the Hugging Face mode
   size for every operand that requires a gradient (autograd skips the others).
 - :class:`Pointwise` — norms, activations, softmax, dropout, residual adds: no counted FLOPs, but they carry
   ``requires_grad`` (a trainable norm weight makes its output require grad) and they may *save* tensors for
-  backward, which decides what non-reentrant gradient checkpointing recomputes (see :mod:`meter.count`).
+  backward, which decides what non-reentrant gradient checkpointing recomputes (see :mod:`meter.engine.count`).
 
 Parameter names are those of ``model.named_parameters()`` for the same architecture, so a ``--trainable`` regex or
 a LoRA target list selects exactly what it selects on the real model (the tests check every name).
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the spec calls the graph for its parameter count: annotations only here
-    from meter.spec import ModelSpec
+    from meter.engine.spec import ModelSpec
 
 Unit = Literal["token", "pair", "pass", "head"]  # head: per position the output head scores
 

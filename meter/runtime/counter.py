@@ -17,7 +17,8 @@ k positions, TRL's fused LM head (``fused_lm_head=True``) scores the positions w
 — all but the last position of each row off CUDA, only the labelled ones on CUDA — and recomputes those logits in
 backward.
 
-Passes are counted per *stream* (a model and a part of the run, see meter.parts). The device tensors are read back
+Passes are counted per *stream* (a model and a part of the run, see meter.policy.parts). The device tensors are
+read back
 — two small all-reduces when distributed, one host copy — only when asked (every ``log_every`` steps, at
 checkpoints and at the end). Needs torch.
 """
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from meter.tokens import TokenStats
+from meter.engine.tokens import TokenStats
 
 IGNORE_INDEX = -100
 _MAIN = 3  # device columns before the window pairs: tokens, Σq, sequences

@@ -1,6 +1,6 @@
 """Which part of the run a forward pass belongs to, and the count of a run made of several parts.
 
-A *stream* is one model counted in one part (meter.parts): the policy's training steps, its generation steps, its
+A *stream* is one model counted in one part (meter.policy.parts): the policy's training steps, its generation steps, its
 reference passes with adapters disabled, a separate reference model's passes … Each has its cost model (the policy
 with its adapters, the bare base model, the reference model) and says whether a backward follows.
 
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meter.count import CostModel, FlopsCount, PassFlops, Totals
-from meter.parts import PARTS, included
-from meter.tokens import TokenStats
+from meter.engine.count import CostModel, FlopsCount, PassFlops, Totals
+from meter.engine.tokens import TokenStats
+from meter.policy.parts import PARTS, included
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.count import TrainingSetup, default_lora_targets
-from meter.graph import layers_regex
-from meter.spec import ModelSpec, spec_from_config
+from meter.engine.count import TrainingSetup, default_lora_targets
+from meter.engine.graph import layers_regex
+from meter.engine.spec import ModelSpec, spec_from_config
 
 _COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=160)
 
@@ -89,7 +89,7 @@ def build_model(config: dict[str, Any], setup: TrainingSetup, seed: int = 0):
 
     import torch
 
-    from meter.measure import model_from_config
+    from meter.engine.measure import model_from_config
 
     torch.manual_seed(seed)
     model_type = config["model_type"]

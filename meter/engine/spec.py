@@ -32,7 +32,7 @@ class ModelSpec:
     """One decoder-only transformer, as far as its matrix multiplications are concerned."""
 
     model_type: str
-    layout: str  # "gated" (Llama-like, Phi-3) or "plain" (GPT-2, GPT-NeoX, Falcon): see meter.graph
+    layout: str  # "gated" (Llama-like, Phi-3) or "plain" (GPT-2, GPT-NeoX, Falcon): see meter.engine.graph
     num_layers: int
     hidden_size: int
     num_heads: int
@@ -75,7 +75,7 @@ class ModelSpec:
 
     def parameter_count(self) -> int:
         """Total parameters implied by the config (for reports and the comparison formulas)."""
-        from meter.graph import build_graph
+        from meter.engine.graph import build_graph
 
         return build_graph(self).parameter_count()
 

@@ -8,9 +8,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from meter.compliance import Verdict, classify
 from meter.errors import MeterError
-from meter.original import OriginalCompute
+from meter.policy.compliance import Verdict, classify
+from meter.policy.original import OriginalCompute
 
 # the fields of a run record (flops_meter.json) and of a compliance document that the verdict and the record read:
 # a file where one of them has the wrong kind is refused naming the field (meter.jsonfile.check_shape)
@@ -140,7 +140,7 @@ def publish(
     code: dict[str, Any] | None = None,
 ):
     """Append a run and its verdict (a compliance document) to the audit store."""
-    from meter.audit import draft_record
+    from meter.audit.chain import draft_record
 
     if compliance.get("run_id") not in (None, run.get("run_id")):
         raise MeterError(f"the verdict is of run {compliance['run_id']}, not of {run.get('run_id')}")
@@ -175,7 +175,7 @@ def _original(compliance: dict[str, Any], base: str) -> OriginalCompute:
     given = compliance.get("original") or {}
     if given.get("basis") == "user":  # a figure the user gave: recorded as given, it cannot be looked up
         return OriginalCompute(given["flops"], "user", given.get("source") or "given", given.get("systemic_risk"))
-    from meter.original import resolve_original
+    from meter.policy.original import resolve_original
 
     return resolve_original(base, systemic_risk=True if given.get("systemic_risk") else None)
 

@@ -5,7 +5,7 @@ attention, prepared as the live model trains (the same PEFT adapters, the same f
 checkpointing), and training steps are run under ``torch.utils.flop_counter.FlopCounterMode`` at three sequence
 lengths. Forward and backward FLOPs are fitted exactly as ``c + a·s + b·s²`` (c per pass, a per token, b per
 query–key pair of eager attention), per decoder layer, and the output head is measured apart with
-``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do (meter.count.RatedCount):
+``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do (meter.engine.count.RatedCount):
 padding, packing, heads scored on fewer positions, forward-only passes.
 
 - Sliding windows: a layer whose config ``layer_types`` entry is ``sliding_attention`` has its pairs credited within
@@ -32,16 +32,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from meter.count import PassFlops, RatedCount, Rates, TrainingSetup
+from meter.engine.count import PassFlops, RatedCount, Rates, TrainingSetup
+from meter.engine.spec import refuse_multimodal
 from meter.errors import MeterError
-from meter.spec import refuse_multimodal
 
 _LENGTHS = (64, 128, 256)
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 class MeasuredCostModel(RatedCount):
-    """Rates measured with FlopCounterMode on a meta-device copy; counts like meter.count.CostModel."""
+    """Rates measured with FlopCounterMode on a meta-device copy; counts like meter.engine.count.CostModel."""
 
     windows: frozenset[int] = frozenset()
 
@@ -168,7 +168,7 @@ def _meta_copy(config: dict[str, Any], live: Any, *, bare: bool):
         with torch.device("meta"):
             model = model_from_config(config, attn_implementation="eager", **_experts(config))
         return model.train()
-    from meter.introspect import unwrap
+    from meter.runtime.introspect import unwrap
 
     top = unwrap(live)
     base = top.get_base_model() if hasattr(top, "get_base_model") else top
@@ -198,7 +198,7 @@ def _base_parameters(model) -> int:
 
 def _feeds_grad_into_embeddings(live) -> bool:
     """transformers' enable_input_require_grads (checkpointing with frozen embeddings) leaves this hook behind."""
-    from meter.introspect import unwrap
+    from meter.runtime.introspect import unwrap
 
     top = unwrap(live)
     base = top.get_base_model() if hasattr(top, "get_base_model") else top

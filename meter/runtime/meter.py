@@ -27,14 +27,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.attribution import AdapterProbe, RunCount, Stream, cache_length, count_streams, policy_part
-from meter.count import CostModel, TrainingSetup, target_names
-from meter.counter import TokenCounter
+from meter.engine.count import CostModel, TrainingSetup, target_names
+from meter.engine.spec import spec_from_config
+from meter.engine.tokens import TokenStats, stats_from_dict
 from meter.errors import MeterError, UnknownArchitecture
-from meter.parts import DEFAULT_SCOPE, PARTS, ROLES, check_scope, policy
-from meter.spec import spec_from_config
-from meter.thresholds import NOT_LEGAL_ADVICE, check_flops, threshold_for, two_significant
-from meter.tokens import TokenStats, stats_from_dict
+from meter.policy.parts import DEFAULT_SCOPE, PARTS, ROLES, check_scope, policy
+from meter.policy.thresholds import NOT_LEGAL_ADVICE, check_flops, threshold_for, two_significant
+from meter.runtime.attribution import AdapterProbe, RunCount, Stream, cache_length, count_streams, policy_part
+from meter.runtime.counter import TokenCounter
 
 log = logging.getLogger("flops_meter")
 RECORD_NAME = "flops_meter.json"
@@ -161,7 +161,7 @@ class FlopsMeter:
         self.cost: CostModel | None = None  # the policy as it trains
         self.counter: TokenCounter | None = None
         self.model_info: dict[str, Any] = {}
-        self.streams: list[Stream] = []  # what is counted, by model and part (meter.attribution)
+        self.streams: list[Stream] = []  # what is counted, by model and part (meter.runtime.attribution)
         self.stream_stats: list[TokenStats] = []  # totals per stream as of the last read-back (earlier attempts too)
         self.watched: list[dict[str, Any]] = []  # separate models (reference, reward) and their roles
         self.count: RunCount | None = None
@@ -199,7 +199,7 @@ class FlopsMeter:
 
     def attach(self, model: Any) -> FlopsMeter:
         """Read the model's config and training setup; install the counting hooks (unless hook=False)."""
-        from meter.introspect import observe_model
+        from meter.runtime.introspect import observe_model
 
         observed = observe_model(model)
         name = str(observed.config.get("_name_or_path") or observed.config.get("model_type"))
@@ -242,19 +242,19 @@ class FlopsMeter:
         pad = observed.config.get("pad_token_id")
         self._pad_token_id = pad if isinstance(pad, int) and not isinstance(pad, bool) else None
         if self.use_hook:
-            from meter.introspect import unwrap
+            from meter.runtime.introspect import unwrap
 
             self._probe = AdapterProbe(unwrap(model), observed.adapter)
             self._install_hooks(model, self._policy_stream)
         return self
 
     def _cost_model(self, observed, name: str, model: Any, *, bare: bool = False):
-        """The analytic engine for the families it knows; otherwise the generic path (meter.measure), said once."""
+        """The analytic engine for the families it knows; else the generic path (meter.engine.measure), said once."""
         setup = TrainingSetup(attn_implementation=observed.setup.attn_implementation) if bare else observed.setup
         try:
             spec = spec_from_config(observed.config, name=name)
         except UnknownArchitecture:
-            from meter.measure import MeasuredCostModel
+            from meter.engine.measure import MeasuredCostModel
 
             cost = MeasuredCostModel(observed.config, setup, name=name, model=model, bare=bare)
             self._note_once(
@@ -271,7 +271,7 @@ class FlopsMeter:
         Call before ``start()``. Its passes are forward-only, counted with its own config; while the policy is
         in eval mode they count as evaluation.
         """
-        from meter.introspect import observe_model
+        from meter.runtime.introspect import observe_model
 
         if role not in ROLES:
             raise MeterError(f"unknown role {role!r} for a watched model: use one of {', '.join(ROLES)}")
@@ -299,7 +299,7 @@ class FlopsMeter:
 
         The outermost counted forward counts the pass; forwards nested in it (PEFT -> base) are skipped.
         """
-        from meter.introspect import unwrap
+        from meter.runtime.introspect import unwrap
 
         top = unwrap(model)
         targets = [top]
@@ -316,7 +316,7 @@ class FlopsMeter:
         return self._policy_index[policy_part(module, batch, self._probe)]
 
     def _threshold(self, name: str):
-        from meter.original import resolve_original
+        from meter.policy.original import resolve_original
 
         original = resolve_original(name, self.pretrain_flops, systemic_risk=self.original_systemic_risk or None,
                                     label="pretrain_flops")  # fmt: skip
@@ -495,7 +495,7 @@ class FlopsMeter:
         self._gpu = _cuda_device_name() if _on_cuda(self._model_ref) else None
         self.status = "running"
         if self.use_nvml and self.local_rank == 0 and self._gpu:
-            from meter.nvml import NvmlSampler
+            from meter.runtime.nvml import NvmlSampler
 
             self._nvml = NvmlSampler().start()
         return self
@@ -720,7 +720,7 @@ class FlopsMeter:
         device = self._gpu
         if device is None:
             return {"available": False, "reason": f"{reason}; no GPU in use", "energy_kwh": None}
-        from meter.hardware import identify
+        from meter.runtime.hardware import identify
 
         chip = identify(device)
         if chip is None or chip.tdp_watts is None:
@@ -737,7 +737,7 @@ class FlopsMeter:
         }
 
     def _hardware(self, energy: dict[str, Any], seconds: float) -> dict[str, Any]:
-        from meter.hardware import peak_flops
+        from meter.runtime.hardware import peak_flops
 
         device = self._gpu
         gpus = energy.get("gpus") or []

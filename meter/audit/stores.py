@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
-from meter.audit import (
+from meter.audit.chain import (
     LedgerEntry,
     VerifyReport,
     canonical_json,
@@ -296,7 +296,7 @@ def _verify_flagged(
     records: dict[str, dict[str, Any]], lineage: str | None, entries: list[LedgerEntry], flagged: list[dict[str, Any]]
 ) -> tuple[str, str] | None:
     """Each flagged item says what its record says; each record whose verdict needs a decision has its item."""
-    from meter.flagged import FLAGGED_STATUSES, item_id
+    from meter.audit.flagged import FLAGGED_STATUSES, item_id
 
     items = {i.get("id"): i for i in flagged}
     for e in sorted(entries, key=lambda e: (e.lineage, e.sequence)):
@@ -324,7 +324,7 @@ def _verify_decisions(
     checked: int,
 ) -> VerifyReport:
     """Every approval decision: its own hash, its flagged item, and the record (in a verified chain) it decides on."""
-    from meter.flagged import check_decision
+    from meter.audit.flagged import check_decision
 
     items = {i["id"]: i for i in flagged}
     count = 0

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from meter.engine.graph import Block, MatMul, ModelGraph, Op, Pointwise, build_graph, layer_prefix
+from meter.engine.spec import ModelSpec
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.graph import Block, MatMul, ModelGraph, Op, Pointwise, build_graph, layer_prefix
-from meter.spec import ModelSpec
-from meter.tokens import TokenStats
 
 Method = Literal["full", "lora", "qlora", "freeze"]
 METHODS: tuple[str, ...] = ("full", "lora", "qlora", "freeze")
@@ -206,7 +206,7 @@ class FlopsCount(Totals):
 
 class RatedCount:
     """``count()`` from regulatory and executed Rates: shared by the analytic CostModel and the measured fallback
-    (meter.measure), so both count batches, heads and forward-only passes the same way."""
+    (meter.engine.measure), so both count batches, heads and forward-only passes the same way."""
 
     regulatory: Rates
     executed: Rates

@@ -1,6 +1,6 @@
 """Planning preference and RL fine-tuning: the parts of a DPO, KTO, GRPO or RLOO run before it runs.
 
-The same parts the runtime meter records (meter.parts), from the shape of the data, as TRL's trainers run them
+The same parts the runtime meter records (meter.policy.parts), from the shape of the data, as TRL's trainers run them
 (TRL 1.16; its fused LM head scores only positions with a next-token label, i.e. the completion):
 
 - ``sft``   training steps over the sequences.
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from meter.attribution import RunCount, Stream, count_streams
-from meter.count import CostModel
+from meter.engine.count import CostModel
+from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
-from meter.tokens import TokenStats
+from meter.runtime.attribution import RunCount, Stream, count_streams
 
 TRAINERS: tuple[str, ...] = ("sft", "dpo", "kto", "grpo", "rloo")
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meter.count import PEFT_MOE_PARAM_TARGETS, TrainingSetup
+from meter.engine.count import PEFT_MOE_PARAM_TARGETS, TrainingSetup
 
 _ADAPTER = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)\.[^.]+\.")
 
@@ -45,7 +45,7 @@ def strip_wrappers(name: str) -> str:
 
 
 def graph_name(name: str) -> str:
-    """A live parameter name as meter.graph names it."""
+    """A live parameter name as meter.engine.graph names it."""
     name = _ADAPTER.sub(lambda m: f".{m.group(1)}.default.", strip_wrappers(name))
     name = re.sub(r"(\.base_layer)+\.", ".", name)  # peft keeps the wrapped layer's own weights under base_layer
     return re.sub(r"\.(modules_to_save|original_module)(\.[^.]+)?\.", ".", name)

@@ -71,7 +71,7 @@ def resolve_model(model: str) -> ResolvedModel:
             f"--model: {e.strerror} ({len(model)} characters): give a shorter path or a model id"
         ) from None
     if exists:
-        from meter.spec import load_config
+        from meter.engine.spec import load_config
 
         cfg = load_config(path)
         return ResolvedModel(cfg, str(cfg.get("_name_or_path") or model), str(path))
@@ -109,7 +109,7 @@ def _pretrain_rows() -> dict[str, dict[str, Any]]:
 
 def original_facts(model_id: str) -> tuple[dict[str, Any], str] | None:
     """The published facts of a model id (its row of pretrain_compute.json) and a note when a variant resolved to
-    its base; None when the table has no row for it. meter.original turns them into a figure."""
+    its base; None when the table has no row for it. meter.policy.original turns them into a figure."""
     rows = _pretrain_rows()
     key, note = model_id.lower(), ""
     found = _find(key, rows)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meter.errors import MeterError
-from meter.thresholds import SYSTEMIC_RISK_FLOPS, check_flops, exact
+from meter.policy.thresholds import SYSTEMIC_RISK_FLOPS, check_flops, exact
 
 Basis = Literal["user", "reported", "estimated", "unknown"]
 
@@ -157,7 +157,7 @@ def resolve_original(
     ``systemic_risk``: True when the user says the original is a GPAI model with systemic risk; None derives it
     from the compute (above 1e25).
     """
-    from meter.catalog import original_facts
+    from meter.engine.catalog import original_facts
 
     trail: list[str] = []
     if given is not None and str(given).strip() != "":
