@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CDK_CLI ?= aws-cdk@2.1148.1
 CDK := PATH="$(CURDIR)/$(BIN):$$PATH" CDK_DISABLE_CLI_TELEMETRY=true npx --yes $(CDK_CLI)
 
-.PHONY: demo test contract lint bench clean browser synth bootstrap deploy destroy vendor
+.PHONY: demo check test contract lint bench clean browser synth bootstrap deploy destroy vendor
 
 # The demo's own install: the meter with transformers and the SageMaker SDK (`flops-meter[demo]`), about 1.5 min
 # with a warm package cache; `make test` installs the full development set (`.[dev]`) over it. pip's own lines
@@ -46,6 +46,12 @@ browser:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The developers' quick loop: lint and the tests not marked slow (tests/conftest.py SLOW). CI runs `make test`.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not slow"
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .

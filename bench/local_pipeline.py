@@ -19,7 +19,7 @@ def main() -> None:
     from rich.table import Table
 
     from pipelines.demo import PATHS
-    from pipelines.local import run_governed, stage_governed
+    from pipelines.local.governed import run_governed, stage_governed
 
     rows, totals = [], {}
     with tempfile.TemporaryDirectory() as home:

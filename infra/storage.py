@@ -142,7 +142,7 @@ def deny_everyone(sid: str, actions: list[str], resources: list[str], conditions
 
 
 def ledger_table(scope: Construct, key: kms.IKey, table_name: str | None) -> dynamodb.Table:
-    """The audit ledger as meter.audit.stores.S3Store writes it: (lineage, sequence), conditional appends."""
+    """The audit ledger as meter.audit.s3_store.S3Store writes it: (lineage, sequence), conditional appends."""
     return dynamodb.Table(
         scope,
         "Ledger",

@@ -8,9 +8,12 @@ fields a reader relies on, so that a list where an object belongs is an error na
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
+import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,27 @@ def write_text(path: str | Path, text: str, what: str) -> None:
         p.write_text(text)
     except OSError as e:
         raise os_problem(e, p, what, "write") from None
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace the file ``path`` with ``text`` so that a reader sees the old content or the new, never half of it
+    (a temporary file beside it, then a rename): a record or a run's state that a crash may interrupt.
+
+    A path that exists and is not a regular file (/dev/null, /dev/stdout, a pipe) is written to, never renamed
+    over. The directory must exist. An OSError is the caller's: the meter logs it, a command reports it."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error that matters is the one above
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 _KINDS = {dict: "JSON object", list: "JSON array", str: "string", bool: "boolean", int: "integer", float: "number",

@@ -1,5 +1,8 @@
 """A human-readable report of one audit record, for the compliance officer: Markdown, self-contained HTML, or PDF.
 
+One module (over 400 lines): the plot, the sections and the three renderings share the record's reading; each is
+short, and together they are the one document a compliance officer files.
+
 The report shows the verdict, every Annex XI item the record holds (an item the record lacks reads "not recorded",
 never disappears), the decision taken on the record's flagged item when there is one, and a plot of the lineage's
 cumulative regulatory compute over the run's training time against the threshold. The plot's compute axis is

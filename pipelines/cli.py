@@ -22,6 +22,8 @@ DEFINITION_LIMIT = 1_048_576  # characters: SageMaker's PipelineDefinition limit
 
 def add_parser(sub) -> None:
     """`flops-meter pipeline …`, registered with the meter's command line (entry point flops_meter.commands)."""
+    from pipelines.config import DEFAULT_HOME
+
     pipe = sub.add_parser("pipeline", help="the governed SageMaker pipeline: definition, upload-code, upsert, start")
     pipe.set_defaults(handler=run)
     psub = pipe.add_subparsers(dest="pipeline_command", required=True, parser_class=type(pipe))
@@ -46,7 +48,7 @@ def add_parser(sub) -> None:
     r.add_argument("--local", action="store_true", required=True, help="on this machine (the only mode for now)")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
     r.add_argument("--run-dir", metavar="DIR", help="where this run's steps and logs go (default under --home)")
-    r.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
+    r.add_argument("--home", default=DEFAULT_HOME, metavar="DIR", help="local objects, audit store, registry")
     r.add_argument(
         "--store",
         metavar="URI",
@@ -56,11 +58,11 @@ def add_parser(sub) -> None:
     r.add_argument("--quiet", action="store_true", help="do not stream the steps' output (it stays in log.txt)")
     r.add_argument("--definition", metavar="FILE", help="run this definition JSON instead of the governed pipeline")
     dm = psub.add_parser("demo", help="the README's main command: three local runs of the governed pipeline")
-    dm.add_argument("--home", default="flops-meter-local", metavar="DIR", help="local objects, audit store, registry")
+    dm.add_argument("--home", default=DEFAULT_HOME, metavar="DIR", help="local objects, audit store, registry")
     dm.add_argument("--verbose", action="store_true", help="stream every step's output")
     st = psub.add_parser("status", help="the steps and outcome of a local run")
     st.add_argument("run", nargs="?", help="run directory or execution id (default: the latest run under --home)")
-    st.add_argument("--home", default="flops-meter-local", metavar="DIR")
+    st.add_argument("--home", default=DEFAULT_HOME, metavar="DIR")
     st.add_argument("--json", action="store_true")
 
 
@@ -201,10 +203,11 @@ def cmd_start(config, params: dict[str, str], display_name: str | None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines.local import run_governed
+    from pipelines.local.governed import run_governed
 
     if args.definition:  # any definition: its own parameters, checked by the runner
-        from pipelines.local import LocalRunner, local_store_uri
+        from pipelines.local import LocalRunner
+        from pipelines.local.governed import local_store_uri
 
         bad = [item for item in args.param if "=" not in item]
         if bad:
@@ -224,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_dir=args.run_dir,
             quiet=args.quiet,
         )
-    from pipelines.local import load_execution
+    from pipelines.local.governed import load_execution
 
     print_summary(load_execution(execution.run_dir, Path(args.home)), Path(args.home))
     return execution.exit_code
@@ -248,7 +251,7 @@ def _read_definition(path: str) -> dict[str, Any]:
 def cmd_status(run: str, home: str, as_json: bool) -> int:
     from pathlib import Path
 
-    from pipelines.local import load_execution
+    from pipelines.local.governed import load_execution
 
     doc = load_execution(run, Path(home))
     if as_json:
@@ -303,7 +306,7 @@ def print_summary(doc: dict[str, Any], home) -> None:
 def _client(service: str, config):
     import boto3
 
-    from meter.audit.stores import boto_config
+    from meter.audit.aws import boto_config
 
     return boto3.client(service, region_name=config.region, config=boto_config())
 
@@ -315,22 +318,11 @@ class _aws_errors:
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
-        if error is None:
-            return False
-        try:
-            from botocore.exceptions import BotoCoreError, ClientError
-        except ImportError:
-            return False
-        from meter.audit.stores import aws_error
+        from meter.audit.aws import aws_error
 
-        problem = aws_error(error, "AWS", "set region in the pipeline config")
+        problem = None if error is None else aws_error(error, "AWS", "set region in the pipeline config", any_code=True)
         if problem is not None:
             raise problem from None
-        if isinstance(error, ClientError):
-            info = error.response.get("Error", {})
-            raise MeterError(f"AWS refused {error.operation_name}: {info.get('Code')}: {info.get('Message')}") from None
-        if isinstance(error, BotoCoreError):
-            raise MeterError(f"AWS unreachable or not configured: {error}") from None
         return False
 
 

@@ -1,7 +1,7 @@
 """Content-addressed artifacts: the code bundle and the demo inputs a pipeline definition points at.
 
-An artifact is a set of files (relative path → bytes). Its address is the SHA-256 over the sorted paths and
-contents, so a definition names ``s3://bucket/prefix/code/<sha>/`` without uploading anything, and
+An artifact is a set of files (relative path → bytes). Its address is the tree digest of its paths and contents
+(meter.digests.tree_sha256), so a definition names ``s3://bucket/prefix/code/<sha>/`` without uploading anything, and
 ``flops-meter pipeline upload-code`` puts exactly those bytes there later (a no-op when already present).
 Nothing here imports boto3 at module level.
 """
@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from meter.digests import tree_sha256
 from steps.common import HUB_MARKER, MODEL_INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +31,7 @@ class Artifact:
 
     @property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
-        for path in sorted(self.files):
-            digest.update(path.encode() + b"\0")
-            digest.update(hashlib.sha256(self.files[path]).digest())
-        return digest.hexdigest()
+        return tree_sha256({path: hashlib.sha256(data).digest() for path, data in self.files.items()})
 
     def key_prefix(self, prefix: str) -> str:
         return "/".join(p.strip("/") for p in (prefix, self.name, self.sha256[:20]) if p)

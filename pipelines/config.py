@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from meter.audit.store import DEFAULT_STORE
 from meter.errors import MeterError
+
+# The local runner's home (`pipeline run --local`, `pipeline demo`, the local registry of `approvals`): the directory
+# of the meter's default audit store, so that local runs, `audit` and `approvals` share one store with no flags.
+DEFAULT_HOME = str(PurePosixPath(DEFAULT_STORE.removeprefix("file://")).parent)  # flops-meter-local
 
 # the forms SageMaker, S3 and IAM accept (botocore's service model; S3's bucket naming rules)
 _FORMS = {
@@ -140,7 +145,7 @@ class PipelineConfig:
         if scheme == "file" and uri.removeprefix("file://"):
             return
         if scheme == "s3":
-            from meter.audit.stores import open_store
+            from meter.audit.store import open_store
 
             try:
                 open_store(uri, create=False)  # parses the URI; no AWS call

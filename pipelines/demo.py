@@ -30,8 +30,9 @@ def run_demo(home: Path, quiet: bool = True) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from meter.audit.stores import DEFAULT_STORE
-    from pipelines.local import LocalRegistry, local_store_uri, run_governed, stage_governed
+    from meter.audit.store import DEFAULT_STORE
+    from pipelines.local import LocalRegistry
+    from pipelines.local.governed import local_store_uri, run_governed, stage_governed
 
     console = Console() if sys.stdout.isatty() else Console(width=120)
     home = Path(home).resolve()

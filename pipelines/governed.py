@@ -18,6 +18,7 @@ from typing import Any
 from pipelines.code import code_bundle, demo_dataset, demo_recipe, hub_model
 from pipelines.config import PipelineConfig
 from pipelines.registries import model_package_request, verdict_metadata
+from steps.contract import CLASSIFY, ESTIMATE, PUBLISH, PropertyFile
 from steps.settings import FROM_RECIPE, TRAINED
 
 # name: (type, default, description): what a Studio user fills in. Defaults run the bundled tiny demo.
@@ -131,16 +132,23 @@ def register_model_step(
     return RegisterModelStep()
 
 
-def _reader(step, property_file: str):
-    """path -> JsonGet of that path in one of the step's property files (resolved at run time)."""
+def _reader(step, property_file: PropertyFile):
+    """path -> JsonGet of that path in the step's property file (resolved at run time); only the paths its contract
+    declares (steps/contract.py), which its schema holds."""
     from sagemaker.core.workflow.functions import JsonGet
 
-    return lambda path: JsonGet(step_name=step.name, property_file=property_file, json_path=path)
+    def read(path: str):
+        if path not in property_file.paths():
+            raise ValueError(f"{property_file.name} declares no key {path}: add it to steps/contract.py")
+        return JsonGet(step_name=step.name, property_file=property_file.name, json_path=path)
+
+    return read
 
 
 def build(config: PipelineConfig | None = None) -> Governed:
     """The governed pipeline, built offline: no AWS call, no upload; the same config gives the same bytes."""
     from pipelines.code import StagedDir
+    from pipelines.sdk_compat import set_definition_metadata
     from pipelines.session import definition_json, offline_session, sdk_environment
 
     config = config or PipelineConfig()
@@ -154,8 +162,6 @@ def build(config: PipelineConfig | None = None) -> Governed:
         from sagemaker.mlops.workflow.pipeline import Pipeline
 
         from steps.factories import (
-            AUDIT_FILE,
-            ESTIMATE_FILE,
             StepContext,
             classify_compliance_step,
             estimate_flops_step,
@@ -177,6 +183,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             role=config.role_arn,
             image_uri=config.image("processing"),
             code_uri=code_uri,
+            code_sha256=bundle.sha256,  # PublishAudit records it: the code's identity
             output_uri=Join(on="/", values=[config.s3("executions"), ExecutionVariables.PIPELINE_EXECUTION_ID]),
             instance_type=config.processing_instance_type,
             kms_key_id=config.kms_key_id or None,
@@ -204,7 +211,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
             instance_count=p["InstanceCount"],
             **common,
         )
-        estimated = _reader(estimate, ESTIMATE_FILE)
+        estimated, planned = _reader(estimate, ESTIMATE.property_file), ESTIMATE.property_file.keys
 
         # ModelTrainer wants a local source_dir, read again when the definition is rendered: keep it until then
         staged = stack.enter_context(StagedDir(bundle))
@@ -229,13 +236,13 @@ def build(config: PipelineConfig | None = None) -> Governed:
         model_artifacts = train.properties.ModelArtifacts.S3ModelArtifacts
         run_record = record_uri(train)  # output.tar.gz: the processing steps never download the model
         classify = classify_compliance_step(ctx, run_record=run_record, **common)
-        compliance_uri = output_uri(classify, "compliance")
+        compliance_uri = output_uri(classify, CLASSIFY.property_file.output.name)
         publish = publish_audit_step(
             StepContext(**{**ctx.__dict__, "role": config.role("audit")}),
             run_record=run_record,
             compliance_uri=compliance_uri,
             model_uri=model_artifacts,
-            report_uri=Join(on="/", values=[compliance_uri, "compliance.json"]),
+            report_uri=Join(on="/", values=[compliance_uri, CLASSIFY.property_file.path]),
             model_package_group=config.model_package_group,
             inference_image=config.image("inference"),
             dataset_uri=p["DatasetS3Uri"],
@@ -244,7 +251,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         )
         # the gate and the registration read the verdict sealed by PublishAudit: the one the lineage's total gives
         # at publication, which may differ from ClassifyCompliance's when another job of the lineage published since
-        audit = _reader(publish, AUDIT_FILE)
+        audit, sealed = _reader(publish, PUBLISH.property_file), PUBLISH.property_file.keys
         verdict = audit
 
         register = register_model_step(
@@ -253,16 +260,16 @@ def build(config: PipelineConfig | None = None) -> Governed:
             model_data_url=model_artifacts,
             image_uri=config.image("inference"),
             metadata=verdict_metadata(
-                regulatory=verdict("metadata.regulatory_flops"),
-                cumulative=verdict("metadata.cumulative_flops"),
-                threshold=verdict("metadata.threshold_flops"),
-                rule=verdict("threshold_rule"),
-                status=verdict("status"),
-                record_uri=audit("record_uri"),
-                record_sha256=audit("record_sha256"),
+                regulatory=verdict(sealed.regulatory_flops),
+                cumulative=verdict(sealed.cumulative_flops),
+                threshold=verdict(sealed.threshold_flops),
+                rule=verdict(sealed.threshold_rule),
+                status=verdict(sealed.status),
+                record_uri=audit(sealed.record_uri),
+                record_sha256=audit(sealed.record_sha256),
             ),
             description="Registers the fine-tuned model for manual approval, with its compute verdict",
-            model_card=audit("model_card"),
+            model_card=audit(sealed.model_card),
         )
         blocked = FailStep(
             name=REGISTRATION_BLOCKED,
@@ -270,23 +277,23 @@ def build(config: PipelineConfig | None = None) -> Governed:
                 on="",
                 values=[
                     "Registration blocked: this lineage's fine-tuning compute (",
-                    verdict("figures.cumulative"),
+                    verdict(sealed.cumulative),
                     ") exceeds one third of the original's (threshold ",
-                    verdict("figures.threshold"),
+                    verdict(sealed.threshold),
                     ", ",
-                    verdict("threshold_rule"),
+                    verdict(sealed.threshold_rule),
                     "): the organisation becomes the provider of a GPAI model (AI Act Art. 3(68), Guidelines). "
                     "Audit record: ",
-                    audit("record_uri"),
+                    audit(sealed.record_uri),
                     " (sha256 ",
-                    audit("record_sha256"),
+                    audit(sealed.record_sha256),
                     "). A compliance officer can approve it through the approval workflow.",
                 ],
             ),
         )
         registration_gate = ConditionStep(
             name="RegistrationGate",
-            conditions=[ConditionEquals(left=verdict("crossed"), right=False)],
+            conditions=[ConditionEquals(left=verdict(sealed.crossed), right=False)],
             if_steps=[register],
             else_steps=[blocked],
             depends_on=[publish],
@@ -298,11 +305,11 @@ def build(config: PipelineConfig | None = None) -> Governed:
                 on="",
                 values=[
                     "Pre-flight gate: the planned compute (",
-                    estimated("verdict.figures.cumulative"),
+                    estimated(planned.cumulative),
                     ") crosses the threshold (",
-                    estimated("verdict.figures.threshold"),
+                    estimated(planned.threshold),
                     ", ",
-                    estimated("threshold_rule"),
+                    estimated(planned.threshold_rule),
                     ") before any training. Reduce the data or epochs, use LoRA, or set AllowPlannedCrossing=true "
                     "to accept provider duties and train anyway.",
                 ],
@@ -310,7 +317,7 @@ def build(config: PipelineConfig | None = None) -> Governed:
         )
         preflight = ConditionStep(
             name="PreflightGate",
-            conditions=[ConditionEquals(left=estimated("gate_passed"), right=True)],
+            conditions=[ConditionEquals(left=estimated(planned.gate_passed), right=True)],
             if_steps=[train, classify, publish, registration_gate],
             else_steps=[plan_crosses],
             description="Stops the execution before training when the plan crosses and crossing is not allowed",
@@ -322,10 +329,10 @@ def build(config: PipelineConfig | None = None) -> Governed:
             sagemaker_session=session,
             pipeline_experiment_config=None,
         )
-        # the definition's free-form Metadata (the SDK has no setter): parameter descriptions, the code's address
-        pipeline._metadata = {
-            "flops_meter": {"parameters": {k: v[2] for k, v in PARAMETERS.items()}, "code": bundle.sha256}
-        }
+        # the definition's free-form Metadata: parameter descriptions, the code's address
+        set_definition_metadata(
+            pipeline, {"flops_meter": {"parameters": {k: v[2] for k, v in PARAMETERS.items()}, "code": bundle.sha256}}
+        )
         return Governed(pipeline, definition_json(pipeline), dict(session.artifacts), config)
 
 

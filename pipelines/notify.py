@@ -35,7 +35,8 @@ SUBJECT_LIMIT = 100  # SNS e-mail subjects
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     import boto3
 
-    from meter.audit.stores import boto_config, open_store
+    from meter.audit.aws import boto_config
+    from meter.audit.store import open_store
 
     store_uri, topic = os.environ["AUDIT_STORE_URI"], os.environ["TOPIC_ARN"]
     store = open_store(store_uri)
@@ -62,7 +63,7 @@ def scheduled_verify(store, store_uri: str, topic: str) -> dict[str, Any]:
     data, as when this function fails, alarms too)."""
     import boto3
 
-    from meter.audit.stores import boto_config
+    from meter.audit.aws import boto_config
 
     if not store.entries() and not store.stored_records():  # a new stack: nothing published yet (S3 locks records,
         return {"verified": True, "line": "nothing published yet"}  # so an emptied store cannot look like this)

@@ -108,7 +108,7 @@ class LocalModelRegistry:
     """HOME/registry.db, what `pipeline run --local` registers into."""
 
     def __init__(self, home: Path):
-        from pipelines.local import LocalRegistry
+        from pipelines.local.registry import LocalRegistry
 
         self.registry = LocalRegistry(Path(home) / "registry.db")
         self.where = f"the local registry {self.registry.path}"
@@ -127,6 +127,9 @@ class LocalModelRegistry:
         self.registry.update(arn, status, description, metadata)
 
 
+_REGION_FIX = "give --region, or set AWS_REGION"
+
+
 class SageMakerRegistry:
     """SageMaker's Model Registry (boto3; the caller's credentials and region)."""
 
@@ -137,17 +140,18 @@ class SageMakerRegistry:
             raise MeterError("the SageMaker registry needs boto3: pip install 'flops-meter[pipeline]'") from None
         from botocore.exceptions import BotoCoreError
 
-        from meter.audit.stores import aws_error, boto_config
+        from meter.audit.aws import aws_error, boto_config
 
         try:
             self.client = boto3.session.Session(region_name=region).client("sagemaker", config=boto_config())
         except BotoCoreError as e:
-            raise (aws_error(e, "SageMaker's Model Registry", "give --region, or set AWS_REGION") or e) from None
+            raise (aws_error(e, "SageMaker's Model Registry", _REGION_FIX) or e) from None
         self.where = f"SageMaker's Model Registry ({self.client.meta.region_name})"
 
     def _call(self, name: str, **kwargs) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from meter.audit.aws import aws_error
         from pipelines.requests import problems
 
         # every constraint of the API, checked before the call: botocore checks types only, and a refused
@@ -157,13 +161,8 @@ class SageMakerRegistry:
             raise MeterError(f"{self.where}: {name} would be refused: {found[0]}")
         try:
             return getattr(self.client, name)(**kwargs)
-        except ClientError as e:
-            error = e.response["Error"]
-            raise MeterError(f"{self.where}: {name}: {error.get('Code')}: {error.get('Message')}") from None
-        except BotoCoreError as e:
-            text = " ".join(str(e).split())
-            problem = "unreachable: " if _unreachable(e) else ""
-            raise MeterError(f"{self.where}: {problem}{text}") from None
+        except (BotoCoreError, ClientError) as e:
+            raise (aws_error(e, self.where, _REGION_FIX, any_code=True) or e) from None
 
     def package_of(self, item: dict[str, Any]) -> dict[str, Any] | None:
         group = item.get("model_package_group")
@@ -200,12 +199,6 @@ class SageMakerRegistry:
             ApprovalDescription=description,
             CustomerMetadataProperties={**current, **metadata},  # sent whole: some implementations replace them
         )
-
-
-def _unreachable(error: Exception) -> bool:
-    from botocore.exceptions import ConnectionError, NoCredentialsError, NoRegionError
-
-    return isinstance(error, (ConnectionError, NoCredentialsError, NoRegionError))
 
 
 def open_registry(kind: str, *, home: Path, region: str | None = None) -> Registry:

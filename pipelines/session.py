@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.code import Artifact, read_tree
 from pipelines.config import PipelineConfig
+from pipelines.sdk_compat import channel_name, pin_driver_source_dir, validate_config_once
 
 # The SDK's user config: no telemetry thread (it calls STS and an HTTPS endpoint from decorated calls).
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
@@ -38,7 +39,7 @@ def sdk_environment(region: str) -> Iterator[None]:
     logging.disable(logging.WARNING)  # the SDK's INFO and WARNING lines describe its own defaults, not our build
     restore = None
     try:  # everything changed above is undone, also when the SDK cannot be imported
-        restore = _validate_config_once()
+        restore = validate_config_once()  # an SDK internal: see pipelines.sdk_compat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
@@ -55,32 +56,12 @@ def sdk_environment(region: str) -> Iterator[None]:
         root.handlers[:] = saved_root[1]
 
 
-def _validate_config_once():
-    """The SDK validates its whole config against a large JSON Schema at every lookup (about 60 per build, 0.2 s
-    each); ours is a constant, so validate it once. Scoped to the build; returns the undo."""
-    from sagemaker.core.config.config_manager import SageMakerConfig
-
-    original = SageMakerConfig.__dict__["validate_sagemaker_config"]
-    seen: set[str] = set()
-
-    def validate_once(sagemaker_config=None):
-        import json
-
-        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
-        if key not in seen:
-            original.__func__(sagemaker_config)
-            seen.add(key)
-
-    SageMakerConfig.validate_sagemaker_config = staticmethod(validate_once)
-    return lambda: setattr(SageMakerConfig, "validate_sagemaker_config", original)
-
-
 def offline_session(config: PipelineConfig):
     """A PipelineSession whose bucket and uploads are resolved from the configuration, with no AWS call."""
     import boto3
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
-    from meter.audit.stores import boto_config
+    from meter.audit.aws import boto_config
 
     class OfflinePipelineSession(PipelineSession):
         def __init__(self) -> None:
@@ -100,18 +81,9 @@ def offline_session(config: PipelineConfig):
             return config.bucket
 
         def upload_data(self, path, bucket=None, key_prefix="data", callback=None, extra_args=None) -> str:
-            # the last segment of the SDK's key prefix names the channel (code, sm_drivers, …)
-            name = str(key_prefix).rstrip("/").rsplit("/", 1)[-1] or "data"
             files = read_tree(path)
-            if "sourcecode.json" in files:
-                # the SDK records the local source_dir (a temp path) in its driver files; the container never
-                # reads it, and it would make every build differ: name where the code is in the container
-                import json
-
-                doc = json.loads(files["sourcecode.json"])
-                doc["source_dir"] = "/opt/ml/input/data/code"
-                files["sourcecode.json"] = json.dumps(doc, sort_keys=True).encode()
-            artifact = Artifact(name, files)
+            pin_driver_source_dir(files)  # the same code, the same definition
+            artifact = Artifact(channel_name(key_prefix), files)
             return self.record(artifact, filename=os.path.basename(path) if os.path.isfile(path) else None)
 
         def record(self, artifact: Artifact, filename: str | None = None) -> str:

@@ -7,37 +7,33 @@ Output: ``compliance/compliance.json``
 
 from __future__ import annotations
 
-import argparse
-
+from meter.booleans import parse_bool
 from meter.policy.governance import compliance_document, run_verdict
 from meter.policy.original import resolve_original
-from steps.common import flag, processing_input, processing_output, read_run_record, run_step, write_json
+from steps.common import read_run_record, run_step
+from steps.contract import CLASSIFY
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="classify_compliance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base-model-id", default="")
-    p.add_argument("--pretrain-flops", default="")
-    p.add_argument("--original-systemic-risk", default="false")
-    p.add_argument("--lineage", default="")
-    p.add_argument("--store-uri", default="")
-    p.add_argument("--approaching-fraction", type=float, default=0.8)
-    args = p.parse_args()
+    args = CLASSIFY.parse()  # the arguments are declared in steps/contract.py
 
-    run = read_run_record(processing_input("run"))
+    run = read_run_record(CLASSIFY.input("run"))
     base = args.base_model_id or (run.get("model") or {}).get("name") or "unknown"
     lineage = args.lineage or base
     store = None
     if args.store_uri:
-        from meter.audit.stores import open_store
+        from meter.audit.store import open_store
 
         store = open_store(args.store_uri)
     original = resolve_original(
-        base, args.pretrain_flops, systemic_risk=flag(args.original_systemic_risk) or None, label="PretrainFlops"
+        base,
+        args.pretrain_flops,
+        systemic_risk=parse_bool(args.original_systemic_risk, default=False) or None,
+        label="PretrainFlops",
     )
     verdict = run_verdict(run, original, lineage=lineage, store=store, approaching_fraction=args.approaching_fraction)
     doc = compliance_document(verdict, lineage=lineage, base_model=base, run_id=run.get("run_id"))
-    path = write_json(processing_output("compliance") / "compliance.json", doc)
+    path = CLASSIFY.write_report(doc)  # validated against steps/schemas/compliance.v1.json first
     print(
         f"classify_compliance: {verdict.status} (crossed={verdict.crossed}): lineage {lineage} "
         f"{verdict.figures['cumulative']} vs {verdict.figures['threshold']}; wrote {path}"

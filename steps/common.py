@@ -1,7 +1,8 @@
-"""What every step entrypoint shares: SageMaker's /opt/ml layout, arguments, and how errors end a step.
+"""What every step entrypoint shares: SageMaker's /opt/ml root, arguments, and how errors end a step.
 
 The root is ``/opt/ml`` in a SageMaker container and ``$OPT_ML`` anywhere else, so the very same entrypoint runs
-on one machine (the local runner, the tests) with its inputs and outputs under a directory of its own.
+on one machine (the local runner, the tests) with its inputs and outputs under a directory of its own; each step's
+paths under it are declared in steps/contract.py.
 """
 
 from __future__ import annotations
@@ -18,20 +19,6 @@ from meter.errors import MeterError
 
 def opt_ml() -> Path:
     return Path(os.environ.get("OPT_ML", "/opt/ml"))
-
-
-def processing_input(name: str) -> Path:
-    return opt_ml() / "processing" / "input" / name
-
-
-def processing_output(name: str) -> Path:
-    path = opt_ml() / "processing" / "output" / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def training_channel(name: str) -> Path:
-    return Path(os.environ.get(f"SM_CHANNEL_{name.upper()}") or opt_ml() / "input" / "data" / name)
 
 
 # What EstimateFLOPs receives of a model directory (processing input -> file), never its weights; the factory
@@ -63,7 +50,7 @@ def hub_token() -> None:
     try:
         import boto3
 
-        from meter.audit.stores import boto_config
+        from meter.audit.aws import boto_config
 
         secret = boto3.client("secretsmanager", config=boto_config()).get_secret_value(SecretId=arn)["SecretString"]
     except Exception as e:  # any failure: one line naming the secret, never a traceback
@@ -74,14 +61,6 @@ def hub_token() -> None:
     except (ValueError, KeyError, TypeError):
         token = secret.strip()
     os.environ["HF_TOKEN"] = token
-
-
-def model_dir() -> Path:
-    return Path(os.environ.get("SM_MODEL_DIR") or opt_ml() / "model")
-
-
-def output_data_dir() -> Path:
-    return Path(os.environ.get("SM_OUTPUT_DATA_DIR") or opt_ml() / "output" / "data")
 
 
 def checkpoint_dir() -> Path:
@@ -97,18 +76,6 @@ def hyperparameters() -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
     return {}
-
-
-def flag(value: Any) -> bool:
-    """A boolean pipeline parameter, which arrives as a string."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", ""):
-        return False
-    raise MeterError(f"expected true or false, got {value!r}")
 
 
 def one_file(directory: Path, patterns: tuple[str, ...], what: str) -> Path:

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from meter.booleans import parse_bool
 from meter.engine.catalog import resolve_model
 from meter.engine.count import CostModel
 from meter.engine.spec import spec_from_config
@@ -22,35 +23,14 @@ from meter.policy.compliance import classify
 from meter.policy.original import resolve_original
 from meter.policy.thresholds import rule_text
 from meter.runtime.recipe import load_recipe
-from steps.common import (
-    MODEL_INPUTS,
-    flag,
-    given_model,
-    hub_token,
-    one_file,
-    processing_input,
-    processing_output,
-    run_step,
-    write_json,
-)
+from steps.common import MODEL_INPUTS, given_model, hub_token, one_file, run_step
+from steps.contract import ESTIMATE
 from steps.data import sequences, tokenizer_for
 from steps.settings import Recipe
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="estimate_flops", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base-model-id", default="")
-    p.add_argument("--training-method", default="")
-    p.add_argument("--pretrain-flops", default="", help="empty: look up the bundled table, else unknown")
-    p.add_argument("--original-systemic-risk", default="false")
-    p.add_argument("--approaching-fraction", type=float, default=0.8)
-    p.add_argument("--allow-planned-crossing", default="false")
-    p.add_argument("--world-size", type=int, default=0, help="training processes; 0: from the instances")
-    p.add_argument("--instance-type", default="", help="training instance type (its GPUs are the processes per node)")
-    p.add_argument("--instance-count", type=int, default=1)
-    p.add_argument("--lineage", default="", help="count the plan with this lineage's recorded compute")
-    p.add_argument("--store-uri", default="", help="audit store holding the lineage's earlier runs")
-    return p.parse_args(argv)
+    return ESTIMATE.parse(argv)  # the arguments are declared in steps/contract.py
 
 
 # Accelerators per SageMaker training instance (torchrun starts one process each), from the AWS instance-type pages
@@ -87,10 +67,10 @@ def world_size(args: argparse.Namespace) -> tuple[int, str | None]:
 
 def model_source() -> Path | None:
     """The model's config.json and tokenizer files from the ModelS3Uri inputs, in one directory; None: the hub."""
-    model = given_model(processing_input("model"))
+    model = given_model(ESTIMATE.input("model"))
     if model is not None:
         for name in (n for n in MODEL_INPUTS if n != "model"):
-            for path in sorted(processing_input(name).glob("*")) if processing_input(name).is_dir() else ():
+            for path in sorted(ESTIMATE.input(name).glob("*")) if ESTIMATE.input(name).is_dir() else ():
                 shutil.copy(path, model / path.name)
     return model
 
@@ -107,7 +87,7 @@ def main() -> int:
     if args.instance_count < 1:  # here, before CreateTrainingJob refuses it with the training already paid for
         raise MeterError(f"InstanceCount {args.instance_count}: give 1 or more training instances")
     recipe = Recipe.from_dict(
-        load_recipe(one_file(processing_input("recipe"), ("*.yaml", "*.yml"), "recipe")),
+        load_recipe(one_file(ESTIMATE.input("recipe"), ("*.yaml", "*.yml"), "recipe")),
         base_model_id=args.base_model_id,
         method=args.training_method,
     )
@@ -119,7 +99,7 @@ def main() -> int:
     tokenizer = tokenizer_for(
         recipe.base_model_id, model if model is not None and (model / "tokenizer_config.json").is_file() else None
     )
-    lengths = [len(s) for s in sequences(processing_input("dataset"), tokenizer, recipe.max_length)]
+    lengths = [len(s) for s in sequences(ESTIMATE.input("dataset"), tokenizer, recipe.max_length)]
     notes = []
     if recipe.max_steps > 0:  # the run stops after max_steps optimizer steps of the global batch
         processes, note = world_size(args)
@@ -133,13 +113,13 @@ def main() -> int:
 
     prior = 0
     if args.store_uri and args.lineage:
-        from meter.audit.stores import open_store
+        from meter.audit.store import open_store
 
         prior = open_store(args.store_uri).lineage_flops(args.lineage)
     original = resolve_original(
         recipe.base_model_id,
         args.pretrain_flops,
-        systemic_risk=flag(args.original_systemic_risk) or None,
+        systemic_risk=parse_bool(args.original_systemic_risk, default=False) or None,
         label="PretrainFlops",
     )
     verdict = classify(
@@ -149,7 +129,7 @@ def main() -> int:
         flops_per_token=count.flops_per_token,
         approaching_fraction=args.approaching_fraction,
     )
-    allow = flag(args.allow_planned_crossing)
+    allow = parse_bool(args.allow_planned_crossing, default=False)
     doc = {
         "model": name,
         "method": recipe.setup().describe(),
@@ -168,7 +148,7 @@ def main() -> int:
         "verdict": verdict.to_dict(),
         "notes": notes,
     }
-    path = write_json(processing_output("estimate") / "estimate.json", doc)
+    path = ESTIMATE.write_report(doc)  # validated against steps/schemas/estimate.v1.json first
     print(
         f"estimate_flops: plan {verdict.figures['this_run']} ({count.tokens:,} tokens), lineage "
         f"{verdict.figures['cumulative']}, threshold {verdict.figures['threshold']} "

@@ -2,7 +2,9 @@
 
 Each factory returns the SDK step; its container runs the entrypoint module of the same name (``steps.<name>``).
 Inputs may be strings or pipeline variables (parameters, ``JsonGet``, step properties). The SDK is imported
-inside the functions: the entrypoints run in training containers that do not have it.
+inside the functions: the entrypoints run in training containers that do not have it. Container arguments,
+hyperparameters, inputs, outputs and PropertyFiles are built from each step's declaration in ``steps.contract``,
+the one the entrypoint parses with.
 
     ctx = StepContext(session=PipelineSession(), role=ROLE, image_uri=IMAGE, code_uri="s3://…/code/<sha>")
     estimate = estimate_flops_step(ctx, recipe_uri=..., dataset_uri=..., base_model_id="meta-llama/Llama-3.1-8B")
@@ -18,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steps.common import MODEL_INPUTS
+from steps.contract import CLASSIFY, ESTIMATE, PUBLISH, TRAIN, Argument, ContractError, StepContract
 
-CODE_DIR = "/opt/ml/processing/input/code"
-ESTIMATE_FILE, COMPLIANCE_FILE, AUDIT_FILE = "EstimateReport", "ComplianceReport", "AuditReport"
+CODE_DIR = ESTIMATE.inputs["code"]  # where every processing step gets the code bundle
+# the PropertyFile names, as JsonGet names them
+ESTIMATE_FILE, COMPLIANCE_FILE, AUDIT_FILE = (s.property_file.name for s in (ESTIMATE, CLASSIFY, PUBLISH))
 METRICS = [  # the meter's log lines, charted by SageMaker (regulatory FLOPs so far; tokens)
     {"Name": "flops_meter:cumulative_flops", "Regex": r"flops_meter: cumulative_flops=([0-9]+)"},
     {"Name": "flops_meter:executed_flops", "Regex": r"executed_flops=([0-9]+)"},
@@ -30,12 +34,14 @@ METRICS = [  # the meter's log lines, charted by SageMaker (regulatory FLOPs so 
 
 @dataclass
 class StepContext:
-    """What every step needs: the (pipeline) session, the execution role, an image, and the code's S3 prefix."""
+    """What every step needs: the (pipeline) session, the execution role, an image, and the code's S3 prefix
+    (``code_sha256``: the bundle's content address, recorded by PublishAudit as the code's identity)."""
 
     session: Any
     role: str
     image_uri: str
     code_uri: str
+    code_sha256: str = ""
     output_uri: Any = None  # where step outputs go: str or a pipeline variable (Join with the execution id)
     instance_type: Any = "ml.m5.xlarge"
     kms_key_id: str | None = None
@@ -90,6 +96,25 @@ def arg(name: str, value: Any) -> Any:
     return f"--{name}={value}"
 
 
+def _passed(contract: StepContract, values: dict[str, Any]) -> list[Argument]:
+    """The contract's arguments the factory passes (all but those given by hand), checked against ``values``."""
+    passed = [a for a in contract.arguments if not a.by_hand]
+    if sorted(values) != sorted(a.dest for a in passed):
+        declared = [a.dest for a in passed]
+        raise ContractError(f"{contract.name}: the factory passes {sorted(values)}, the contract declares {declared}")
+    return passed
+
+
+def arguments(contract: StepContract, values: dict[str, Any]) -> list[Any]:
+    """A processing step's container arguments, in its contract's order, so the entrypoint's parser accepts each."""
+    return [arg(a.name, values[a.dest]) for a in _passed(contract, values)]
+
+
+def hyperparameters(contract: StepContract, values: dict[str, Any]) -> dict[str, Any]:
+    """A training step's hyperparameters, by the contract's names."""
+    return {a.name: values[a.dest] for a in _passed(contract, values)}
+
+
 def _output(ctx: StepContext, name: str) -> Any:
     from sagemaker.core.helper.pipeline_variable import PipelineVariable
     from sagemaker.core.workflow.functions import Join
@@ -100,15 +125,10 @@ def _output(ctx: StepContext, name: str) -> Any:
 
 
 def _processing_step(
-    ctx: StepContext,
-    name: str,
-    module: str,
-    inputs: dict[str, Any],
-    outputs: list[str],
-    arguments: list[Any],
-    property_file: tuple[str, str, str] | None,
-    description: str,
+    ctx: StepContext, contract: StepContract, name: str, inputs: dict[str, Any], values: dict[str, Any]
 ):
+    """A ProcessingStep running ``contract.module``: its declared inputs (those given), outputs and property file,
+    and ``values`` as its container arguments."""
     from sagemaker.core.processing import Processor
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
     from sagemaker.core.workflow.properties import PropertyFile
@@ -119,49 +139,48 @@ def _processing_step(
         image_uri=ctx.image_uri,
         instance_count=1,
         instance_type=ctx.instance_type,
-        entrypoint=["python3", f"{CODE_DIR}/steps/launch.py", module],
+        entrypoint=["python3", f"{CODE_DIR}/steps/launch.py", contract.module],
         volume_size_in_gb=ctx.volume_size_gb,
         volume_kms_key=volume_key(ctx, ctx.instance_type),
         output_kms_key=ctx.kms_key_id,
         max_runtime_in_seconds=ctx.max_runtime_seconds,
-        base_job_name=f"flops-meter-{module.split('.')[-1].replace('_', '-')}",
+        base_job_name=f"flops-meter-{contract.module.split('.')[-1].replace('_', '-')}",
         sagemaker_session=ctx.session,
         env={"PYTHONUNBUFFERED": "1", "FLOPS_METER_NVML": "0", **ctx.env},
     )
+    inputs = {"code": ctx.code_uri, **inputs}
+    undeclared = sorted(set(inputs) - set(contract.inputs))
+    if undeclared:
+        raise ContractError(f"{contract.name} declares no input {', '.join(undeclared)}")
     processing_inputs = [
         ProcessingInput(
             input_name=input_name,
             s3_input=ProcessingS3Input(
-                s3_uri=uri,
-                local_path=f"/opt/ml/processing/input/{input_name}",
-                s3_data_type="S3Prefix",
-                s3_input_mode="File",
+                s3_uri=inputs[input_name], local_path=path, s3_data_type="S3Prefix", s3_input_mode="File"
             ),
         )
-        for input_name, uri in {"code": ctx.code_uri, **inputs}.items()
-        if uri is not None
+        for input_name, path in contract.inputs.items()
+        if inputs.get(input_name) is not None
     ]
     processing_outputs = [
         ProcessingOutput(
-            output_name=output,
+            output_name=output.name,
             s3_output=ProcessingS3Output(
-                s3_uri=_output(ctx, output),
-                local_path=f"/opt/ml/processing/output/{output}",
-                s3_upload_mode="EndOfJob",
+                s3_uri=_output(ctx, output.name), local_path=output.path, s3_upload_mode="EndOfJob"
             ),
         )
-        for output in outputs
+        for output in contract.outputs
     ]
-    step_args = processor.run(inputs=processing_inputs, outputs=processing_outputs, arguments=arguments)
-    property_files = []
-    if property_file is not None:
-        file_name, output_name, path = property_file
-        property_files.append(PropertyFile(name=file_name, output_name=output_name, path=path))
+    step_args = processor.run(
+        inputs=processing_inputs, outputs=processing_outputs, arguments=arguments(contract, values)
+    )
+    pf = contract.property_file
+    property_files = [] if pf is None else [PropertyFile(name=pf.name, output_name=pf.output.name, path=pf.path)]
     return ProcessingStep(
         name=name,
         step_args=step_args,
         property_files=property_files,
-        description=description,
+        description=contract.description,
         retry_policies=retry_policies(internal_errors=False),
     )
 
@@ -182,7 +201,7 @@ def estimate_flops_step(
     lineage: Any = "",
     store_uri: Any = "",
     model_uri: Any = None,
-    name: str = "EstimateFLOPs",
+    name: str = ESTIMATE.name,
 ):
     """ProcessingStep: the planned count and the threshold; PropertyFile ``EstimateReport`` (estimate.json).
 
@@ -195,24 +214,21 @@ def estimate_flops_step(
         model = {name: Join(on="/", values=[model_uri, file]) for name, file in MODEL_INPUTS.items()}
     return _processing_step(
         ctx,
+        ESTIMATE,
         name,
-        "steps.estimate_flops",
         {"recipe": recipe_uri, "dataset": dataset_uri, **model},
-        ["estimate"],
-        [
-            arg("base-model-id", base_model_id),
-            arg("training-method", training_method),
-            arg("pretrain-flops", pretrain_flops),
-            arg("original-systemic-risk", original_systemic_risk),
-            arg("approaching-fraction", approaching_fraction),
-            arg("allow-planned-crossing", allow_planned_crossing),
-            arg("instance-type", instance_type),
-            arg("instance-count", instance_count),
-            arg("lineage", lineage),
-            arg("store-uri", store_uri),
-        ],
-        (ESTIMATE_FILE, "estimate", "estimate.json"),
-        "Planned regulatory FLOPs of the recipe on the dataset, against the one-third threshold",
+        dict(
+            base_model_id=base_model_id,
+            training_method=training_method,
+            pretrain_flops=pretrain_flops,
+            original_systemic_risk=original_systemic_risk,
+            approaching_fraction=approaching_fraction,
+            allow_planned_crossing=allow_planned_crossing,
+            instance_type=instance_type,
+            instance_count=instance_count,
+            lineage=lineage,
+            store_uri=store_uri,
+        ),
     )
 
 
@@ -233,7 +249,7 @@ def train_with_meter_step(
     max_wait_seconds: int | None = None,
     checkpoint_uri: Any = None,
     model_uri: Any = None,
-    name: str = "TrainWithMeter",
+    name: str = TRAIN.name,
 ):
     """TrainingStep via ModelTrainer: the bundled SFT script with the meter on, under torchrun on every node.
 
@@ -253,17 +269,15 @@ def train_with_meter_step(
             # pipeline's bucket is given and its role is provisioned for it, so the definition needs no call
             return self.sagemaker_session.default_bucket(), None
 
-    channels = [InputData(channel_name="train", data_source=dataset_uri)]
-    channels.append(InputData(channel_name="recipe", data_source=recipe_uri))
-    if model_uri is not None:
-        channels.append(InputData(channel_name="model", data_source=model_uri))
+    given = {"train": dataset_uri, "recipe": recipe_uri, "model": model_uri}
+    channels = [InputData(channel_name=c, data_source=given[c]) for c in TRAIN.inputs if given[c] is not None]
     trainer = _OfflineModelTrainer(
         training_image=ctx.image_uri,
         role=ctx.role,
         sagemaker_session=ctx.session,
         base_job_name="flops-meter-train",
         # no requirements: the driver would pip-install them over the image's torch and transformers
-        source_code=SourceCode(source_dir=source_dir, entry_script="steps/train_with_meter.py"),
+        source_code=SourceCode(source_dir=source_dir, entry_script=TRAIN.module.replace(".", "/") + ".py"),
         distributed=Torchrun(),
         compute=Compute(
             instance_type=instance_type,
@@ -272,12 +286,15 @@ def train_with_meter_step(
             volume_kms_key_id=volume_key(ctx, instance_type),
             enable_managed_spot_training=True if spot else None,
         ),
-        hyperparameters={
-            "base_model_id": base_model_id,
-            "training_method": training_method,
-            "pretrain_flops": pretrain_flops,
-            "original_systemic_risk": original_systemic_risk,
-        },
+        hyperparameters=hyperparameters(
+            TRAIN,
+            dict(
+                base_model_id=base_model_id,
+                training_method=training_method,
+                pretrain_flops=pretrain_flops,
+                original_systemic_risk=original_systemic_risk,
+            ),
+        ),
         environment={
             "PYTHONPATH": "/opt/ml/input/data/code",  # torchrun runs the script by path: make `steps` importable
             "PYTHONUNBUFFERED": "1",
@@ -295,7 +312,7 @@ def train_with_meter_step(
     return TrainingStep(
         name=name,
         step_args=trainer.train(),
-        description="Fine-tunes with the FLOPs meter on (compute_flops: true); one total per job",
+        description=TRAIN.description,
         retry_policies=retry_policies(internal_errors=True),
     )
 
@@ -310,25 +327,22 @@ def classify_compliance_step(
     lineage: Any = "",
     store_uri: Any = "",
     approaching_fraction: Any = 0.8,
-    name: str = "ClassifyCompliance",
+    name: str = CLASSIFY.name,
 ):
     """ProcessingStep: verdict from the run record and the lineage; PropertyFile ``ComplianceReport``."""
     return _processing_step(
         ctx,
+        CLASSIFY,
         name,
-        "steps.classify_compliance",
         {"run": run_record},
-        ["compliance"],
-        [
-            arg("base-model-id", base_model_id),
-            arg("pretrain-flops", pretrain_flops),
-            arg("original-systemic-risk", original_systemic_risk),
-            arg("lineage", lineage),
-            arg("store-uri", store_uri),
-            arg("approaching-fraction", approaching_fraction),
-        ],
-        (COMPLIANCE_FILE, "compliance", "compliance.json"),
-        "The run's verdict under the one-third rule, with the lineage's recorded compute",
+        dict(
+            base_model_id=base_model_id,
+            pretrain_flops=pretrain_flops,
+            original_systemic_risk=original_systemic_risk,
+            lineage=lineage,
+            store_uri=store_uri,
+            approaching_fraction=approaching_fraction,
+        ),
     )
 
 
@@ -344,26 +358,27 @@ def publish_audit_step(
     report_uri: Any = "",
     model_package_group: Any = "",
     inference_image: Any = "",
-    name: str = "PublishAudit",
+    name: str = PUBLISH.name,
 ):
-    """ProcessingStep: the record in the audit store, always; PropertyFile ``AuditReport`` (record URI, SHA-256)."""
+    """ProcessingStep: the record in the audit store, always; PropertyFile ``AuditReport`` (record URI, SHA-256).
+
+    The record's code identity: ``container_image`` (the image that trained) and the code bundle's SHA-256
+    (``ctx.code_sha256``)."""
     return _processing_step(
         ctx,
+        PUBLISH,
         name,
-        "steps.publish_audit",
         {"run": run_record, "compliance": compliance_uri, "dataset": dataset_uri},
-        ["audit"],
-        [
-            arg("store-uri", store_uri),
-            arg("dataset-uri", dataset_uri if dataset_uri is not None else ""),
-            arg("container-image", container_image),
-            arg("model-uri", model_uri),
-            arg("report-uri", report_uri),
-            arg("model-package-group", model_package_group),
-            arg("inference-image", inference_image),
-        ],
-        (AUDIT_FILE, "audit", "audit.json"),
-        "Writes the run record and verdict to the append-only audit store",
+        dict(
+            store_uri=store_uri,
+            dataset_uri=dataset_uri if dataset_uri is not None else "",
+            container_image=container_image,
+            bundle_sha256=ctx.code_sha256,
+            model_uri=model_uri,
+            report_uri=report_uri,
+            model_package_group=model_package_group,
+            inference_image=inference_image,
+        ),
     )
 
 

@@ -11,49 +11,38 @@ atomically with the append, so two jobs of one lineage classified at once cannot
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 
-from meter.audit.flagged import flag, model_card
-from meter.audit.stores import open_store
+from meter import digests
+from meter.audit.flagged import flag
+from meter.audit.store import open_store
 from meter.policy.governance import publish, verdict_metadata
-from steps.common import one_file, processing_input, processing_output, read_run_record, run_step, write_json
+from steps.common import one_file, read_run_record, run_step
+from steps.contract import PUBLISH
+from steps.model_card import model_card
 
 
 def dataset_identity(uri: str) -> dict:
-    """Size and a SHA-256 over the dataset input's files (name and content), when the step was given them."""
-    directory = processing_input("dataset")
-    files = sorted(p for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
-    identity = {"uri": uri or None}
-    if files:
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-        identity.update(size_bytes=sum(p.stat().st_size for p in files), sha256=digest.hexdigest())
-    return identity
+    """The dataset's URI with the size and SHA-256 of the dataset input's files, when the step was given them: the
+    scheme of meter.digests, so one file hashes as ``audit publish --dataset-file`` and ``sha256sum`` hash it."""
+    directory = PUBLISH.input("dataset")
+    return {"uri": uri or None, **(digests.dataset_identity(directory) if directory.is_dir() else {})}
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="publish_audit", description=__doc__.split("\n\n")[0])
-    p.add_argument("--store-uri", default="", help="file://DIR or s3://BUCKET/PREFIX?table=NAME")
-    p.add_argument("--dataset-uri", default="")
-    p.add_argument("--revision", default="")
-    p.add_argument("--git-commit", default="")
-    p.add_argument("--container-image", default="")
-    p.add_argument("--model-uri", default="", help="the trained model artifact (named by a flagged item)")
-    p.add_argument("--report-uri", default="", help="where the compliance report is (named by a flagged item)")
-    p.add_argument("--model-package-group", default="", help="where an approval registers the model")
-    p.add_argument("--inference-image", default="", help="the serving image an approval registers the model with")
-    args = p.parse_args()
+    args = PUBLISH.parse()  # the arguments are declared in steps/contract.py
 
-    run = read_run_record(processing_input("run"))
+    run = read_run_record(PUBLISH.input("run"))
     compliance = json.loads(
-        one_file(processing_input("compliance"), ("compliance.json", "*.json"), "compliance.json").read_text()
+        one_file(PUBLISH.input("compliance"), ("compliance.json", "*.json"), "compliance.json").read_text()
     )
     store = open_store(args.store_uri or None)
-    code = {"git_commit": args.git_commit or None, "container_image": args.container_image or None}
+    # the code's identity: the bundle's content address (the factory passes it), the image, a commit when given
+    code = {
+        "git_commit": args.git_commit or None,
+        "container_image": args.container_image or None,
+        "bundle_sha256": args.bundle_sha256 or None,
+    }
     published = publish(
         store, run, compliance, revision=args.revision or None, dataset=dataset_identity(args.dataset_uri), code=code
     )
@@ -84,7 +73,7 @@ def main() -> int:
         "flagged_item": item["id"] if item else "",
         "model_card": model_card(record, args.model_uri or None),  # attached to the registered model package
     }
-    path = write_json(processing_output("audit") / "audit.json", doc)
+    path = PUBLISH.write_report(doc)  # validated against steps/schemas/audit.v1.json first
     print(f"publish_audit: {'published' if published.created else 'already published'} {published.uri}; wrote {path}")
     return 0
 

@@ -14,20 +14,11 @@ import json
 import os
 import shutil
 
+from meter.booleans import parse_bool
 from meter.errors import MeterError
 from meter.runtime.recipe import load_recipe
-from steps.common import (
-    checkpoint_dir,
-    flag,
-    given_model,
-    hub_token,
-    hyperparameters,
-    model_dir,
-    one_file,
-    output_data_dir,
-    run_step,
-    training_channel,
-)
+from steps.common import checkpoint_dir, given_model, hub_token, hyperparameters, one_file, run_step
+from steps.contract import TRAIN
 from steps.data import DEMO_MODELS, PadCollator, sequences, tokenizer_for
 from steps.settings import Recipe
 
@@ -88,30 +79,32 @@ def main() -> int:
 
     from meter.runtime.callback import FlopsMeterCallback
 
-    hps = hyperparameters()
-    doc = load_recipe(hps.get("recipe") or one_file(training_channel("recipe"), ("*.yaml", "*.yml"), "recipe"))
+    hps = TRAIN.hyperparameters(hyperparameters())  # declared in steps/contract.py; an undeclared one is refused
+    doc = load_recipe(hps["recipe"] or one_file(TRAIN.input("recipe"), ("*.yaml", "*.yml"), "recipe"))
     if doc.get("compute_flops") is False:
         print("train_with_meter: the recipe says compute_flops: false; TrainWithMeter meters every run regardless")
     recipe = Recipe.from_dict(
         {k: v for k, v in doc.items() if k != "compute_flops"},
-        base_model_id=hps.get("base_model_id"),
-        method=hps.get("training_method"),
+        base_model_id=hps["base_model_id"],
+        method=hps["training_method"],
     )
     recipe.check_trained()
     hub_token()
-    local = given_model(training_channel("model"))
+    local = given_model(TRAIN.input("model"))
     model = build_model(recipe, local)
     tokenizer_source = local if local is not None and (local / "tokenizer_config.json").is_file() else None
     tokenizer = tokenizer_for(recipe.base_model_id, tokenizer_source)
-    rows = [{"input_ids": s} for s in sequences(training_channel("train"), tokenizer, recipe.max_length)]
+    rows = [{"input_ids": s} for s in sequences(TRAIN.input("train"), tokenizer, recipe.max_length)]
 
     meter_options = dict(recipe.flops_meter)
-    pretrain = hps.get("pretrain_flops") or os.environ.get("PRETRAIN_FLOPS")
+    pretrain = hps["pretrain_flops"] or os.environ.get("PRETRAIN_FLOPS")
     if pretrain not in (None, ""):
         meter_options["pretrain_flops"] = pretrain
-    if hps.get("original_systemic_risk") not in (None, ""):
-        meter_options["original_systemic_risk"] = flag(hps["original_systemic_risk"])
-    callback = FlopsMeterCallback(output_path=str(output_data_dir() / "flops_meter.json"), **meter_options)
+    if hps["original_systemic_risk"] not in (None, ""):
+        meter_options["original_systemic_risk"] = parse_bool(hps["original_systemic_risk"], default=False)
+    data, saved = TRAIN.output("data"), TRAIN.output("model")
+    record = TRAIN.output_dir(data.name) / data.file
+    callback = FlopsMeterCallback(output_path=str(record), **meter_options)
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(checkpoint_dir()),
@@ -125,7 +118,7 @@ def main() -> int:
         use_cpu=not cuda,
         logging_steps=int(meter_options.get("log_every", 10)),
         save_strategy="steps",
-        save_steps=int(hps.get("save_steps", 500)),
+        save_steps=hps["save_steps"],
         save_total_limit=2,
         report_to=[],
         disable_tqdm=True,
@@ -134,7 +127,7 @@ def main() -> int:
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(), callbacks=[callback])
     last = get_last_checkpoint(str(checkpoint_dir())) if checkpoint_dir().is_dir() else None
     trainer.train(resume_from_checkpoint=last)
-    out = model_dir()
+    out = TRAIN.output_dir(saved.name)
     out.mkdir(parents=True, exist_ok=True)
     if recipe.method == "lora":
         save_servable(trainer, out, tokenizer)
@@ -142,12 +135,11 @@ def main() -> int:
         trainer.save_model(str(out))
         if trainer.is_world_process_zero() and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(str(out))
-    record = output_data_dir() / "flops_meter.json"
     if not trainer.is_world_process_zero():
         return 0
     if not record.is_file():
         raise MeterError(f"the model was saved to {out}, but the meter wrote no record ({record}): not registered")
-    shutil.copy(record, out / "flops_meter.json")
+    shutil.copy(record, out / saved.file)
     summary = json.loads(record.read_text())
     if summary.get("status") == "not_counted":
         # the trained model is kept (nothing lost), but the step fails so that no unmetered model is registered

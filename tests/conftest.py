@@ -3,42 +3,31 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     pytest.importorskip("boto3")
     pytest.importorskip("moto")
-    port = _free_port()
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    # port 0: the server binds a free port itself and prints it (no window in which another process can take it)
     proc = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "-H", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
+    port = _announced_port(proc)
+    if port is None:
         proc.kill()
         pytest.fail("moto_server did not start")
+    endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in _ENV}
     os.environ.update({**_ENV, "AWS_ENDPOINT_URL": endpoint})
     yield endpoint
@@ -49,6 +38,24 @@ def moto_endpoint():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _announced_port(proc: subprocess.Popen, timeout: float = 30) -> int | None:
+    """The port from the server's " * Running on http://127.0.0.1:PORT" line; its later output (a line per
+    request) is drained in the background so that a full pipe never blocks the server."""
+    found: list[int] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            if not found and (m := re.search(r"Running on http://127\.0\.0\.1:(\d+)", line)):
+                found.append(int(m.group(1)))
+                ready.set()
+        ready.set()  # the server exited
+
+    threading.Thread(target=read, daemon=True).start()
+    ready.wait(timeout)
+    return found[0] if found else None
 
 
 _ENV = {
@@ -99,7 +106,34 @@ IMAGE_TRANSFORMERS_GAPS = {
 }
 
 
+# Modules whose tests train models, run whole pipelines, synthesize the stack or wait on timeouts: `make check`
+# (the developers' quick loop) leaves them out with -m "not slow"; `make test` and CI run everything.
+SLOW = {
+    "test_flop_counter.py": "trains 13 families × 5 methods × 2 lengths against FlopCounterMode",
+    "test_generic_path.py": "measures families on the meta device",
+    "test_model_families.py": "builds every causal-LM type of transformers",
+    "test_trainers.py": "runs TRL's trainers",
+    "test_trl.py": "runs TRL's trainers",
+    "test_trainer_plan.py": "runs DPO and GRPO",
+    "test_distributed.py": "a 2-process torchrun",
+    "test_readme.py": "the demo and every README command",
+    "test_local_pipeline.py": "runs the governed pipeline",
+    "test_steps.py": "chains the four steps with real training",
+    "test_contract.py": "the training job through the SDK's drivers",
+    "test_infra.py": "synthesizes the CDK app",
+    "test_infra_props.py": "synthesizes the CDK app",
+    "test_packaging.py": "builds the wheel",
+}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in SLOW:
+            item.add_marker(pytest.mark.slow)
+    _mark_image_gaps(items)
+
+
+def _mark_image_gaps(items) -> None:
     try:
         from importlib.metadata import version
 

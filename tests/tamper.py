@@ -158,7 +158,8 @@ def _verdict(report) -> str:
 
 
 def run_local(tmp: Path) -> list[Outcome]:
-    from meter.audit.stores import FileStore, chain_heads
+    from meter.audit.file_store import FileStore
+    from meter.audit.verify import chain_heads
 
     outcomes = []
     for i, (name, attack) in enumerate(LOCAL.items()):
@@ -222,7 +223,8 @@ S3: dict[str, Callable] = {
 
 
 def run_s3(uri_factory: Callable[[], str], only: str | None = None) -> list[Outcome]:
-    from meter.audit.stores import chain_heads, open_store
+    from meter.audit.store import open_store
+    from meter.audit.verify import chain_heads
 
     outcomes = []
     for name, attack in S3.items():

@@ -25,7 +25,7 @@ CROSSING = {"PretrainFlops": "1e9", "AllowPlannedCrossing": "true"}
 def runs(tmp_path_factory):
     """One home: an approaching run (registered, pending) and two blocked runs (crossed, not registered)."""
     pytest.importorskip("transformers")
-    from pipelines.local import run_governed, stage_governed
+    from pipelines.local.governed import run_governed, stage_governed
 
     home = tmp_path_factory.mktemp("approvals")
     definition = stage_governed(home)
@@ -210,7 +210,7 @@ def test_sagemaker_registry_and_s3_store(s3_store_uri, capsys) -> None:
     """The same decisions against SageMaker's Model Registry (moto) and the S3/DynamoDB store."""
     import boto3
 
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
     from meter.policy.compliance import OriginalCompute, classify
     from meter.policy.governance import compliance_document, publish
     from tests.test_audit import run_record
@@ -337,7 +337,7 @@ def crossed_record(store, lineage: str, flops: int = 2 * 10**23):
 
 
 def test_the_function_writes_the_flagged_item_and_notifies_on_a_blocked_run(runs, notified) -> None:
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
     from pipelines.notify import handler
 
     store_uri, inbox = notified
@@ -371,7 +371,7 @@ def test_the_function_notifies_a_stopped_plan_and_registered_packages(notified) 
     import boto3
 
     from meter.audit.flagged import flagged_item
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
     from pipelines.notify import handler
 
     store_uri, inbox = notified
@@ -441,7 +441,7 @@ def test_the_daily_verification_alarms_the_approvers_when_the_store_was_altered(
     """The stack's schedule sends {"flops_meter": "verify"}: the metric it puts, and a message when it fails."""
     import boto3
 
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
     from pipelines.notify import handler
 
     uri, inbox = notified

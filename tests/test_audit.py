@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from meter.audit.chain import canonical_json, draft_record, record_hash, validate
-from meter.audit.stores import FileStore, open_store
+from meter.audit.file_store import FileStore
+from meter.audit.store import open_store
 from meter.errors import MeterError
 from meter.policy.compliance import OriginalCompute, classify
 
@@ -247,7 +248,7 @@ def test_s3_store_refuses_a_bucket_that_locks_records_too_briefly(moto_endpoint)
 
 def test_documents_are_written_once(store) -> None:
     """Flagged items and decisions: identical rewrite is a no-op, other content is refused, listing returns them."""
-    from meter.audit.stores import DocumentExists
+    from meter.audit.write_once import DocumentExists
 
     name = f"item-{uuid.uuid4().hex[:8]}"
     uri, created = store.put_document("decisions", name, {"decision": "approved", "approver": "A"})

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from meter.audit.stores import FileStore
+from meter.audit.file_store import FileStore
 from meter.cli import main
 from tests.test_audit import run_record
 
@@ -180,7 +180,7 @@ def test_concurrent_publishers_seal_what_their_total_gives(capsys, tmp_path, req
         for r, c in jobs
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0], [p.stderr.read() for p in procs]
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
 
     audit = open_store(store)
     chain = sorted(audit.entries("meta-llama/Meta-Llama-3-8B"), key=lambda e: e.sequence)

@@ -718,7 +718,7 @@ def test_an_endpoint_that_never_answers_fails_verify_in_bounded_time(capsys, aws
 
 def test_every_client_gets_the_timeouts() -> None:
     pytest.importorskip("botocore")
-    from meter.audit.stores import boto_config
+    from meter.audit.aws import boto_config
 
     config = boto_config()
     assert config.connect_timeout <= 10 and config.read_timeout <= 10
@@ -727,7 +727,7 @@ def test_every_client_gets_the_timeouts() -> None:
 
 
 def test_no_client_is_created_without_the_shared_config() -> None:
-    """Every boto3 client the code creates takes its Config from meter.audit.stores.boto_config."""
+    """Every boto3 client the code creates takes its Config from meter.audit.aws.boto_config."""
     root = Path(__file__).resolve().parent.parent
     found = []
     for package in ("meter", "pipelines", "steps"):
@@ -750,7 +750,7 @@ def test_an_unexpected_exception_is_one_line_and_exit_3(capsys, monkeypatch) -> 
     def broken(args):
         raise RuntimeError("something nobody expected\nsecond line")
 
-    monkeypatch.setattr(meter.cli, "plan", broken)
+    monkeypatch.setattr(meter.cli.estimate, "plan", broken)
     monkeypatch.delenv("FLOPS_METER_DEBUG", raising=False)
     code, _, err = cli(capsys, *EST)
     assert code == 3 and err.count("\n") == 1
@@ -767,7 +767,7 @@ def test_an_interrupt_is_one_line_and_exit_130(capsys, monkeypatch) -> None:
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(meter.cli, "plan", interrupted)
+    monkeypatch.setattr(meter.cli.estimate, "plan", interrupted)
     code, _, err = cli(capsys, *EST)
     assert code == 130 and err.count("\n") == 1 and err.startswith("flops-meter: ")
 
@@ -809,9 +809,9 @@ def test_in_a_process_no_traceback_reaches_the_terminal(tmp_path, argv, names) -
 
 def test_in_a_process_the_last_resort_is_one_line(tmp_path) -> None:
     code = (
-        "import sys, meter.cli as c\n"
+        "import sys, meter.cli as c, meter.cli.estimate as e\n"
         "def plan(args): raise ZeroDivisionError('boom')\n"
-        "c.plan = plan\n"
+        "e.plan = plan\n"
         "sys.exit(c.main(sys.argv[1:]))\n"
     )
     argv = ["-c", code, *EST]

@@ -27,8 +27,6 @@ def _run(args: list[str], tmp_path: Path) -> None:
 
 
 def test_two_processes_equal_one(tmp_path) -> None:
-    from tests.conftest import _free_port
-
     two, one = tmp_path / "two.json", tmp_path / "one.json"
     _run(
         [
@@ -36,8 +34,7 @@ def test_two_processes_equal_one(tmp_path) -> None:
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
-            "--master_port",
-            str(_free_port()),
+            "--standalone",  # torchrun picks a free port itself: no window in which another process takes it
             str(JOB),
             str(tmp_path / "o2"),
             str(two),

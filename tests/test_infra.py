@@ -163,7 +163,7 @@ def test_key_ledger_and_topic(synth) -> None:
     assert props["KeySchema"] == [
         {"AttributeName": "lineage", "KeyType": "HASH"},
         {"AttributeName": "sequence", "KeyType": "RANGE"},
-    ]  # what meter.audit.stores.S3Store writes
+    ]  # what meter.audit.s3_store.S3Store writes
     assert props["SSESpecification"] == {"KMSMasterKeyId": key_arn, "SSEEnabled": True, "SSEType": "KMS"}
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["DeletionProtectionEnabled"] is True and ledger["DeletionPolicy"] == "Retain"

@@ -17,9 +17,10 @@ if importlib.util.find_spec("sagemaker") is None:
     pytest.skip("needs the SageMaker SDK (pip install 'flops-meter[pipeline]')", allow_module_level=True)
 pytest.importorskip("transformers")
 
-from meter.audit.stores import open_store
+from meter.audit.store import open_store
 from meter.errors import MeterError
-from pipelines.local import LocalRegistry, LocalRunner, load_execution, run_governed
+from pipelines.local import LocalRegistry, LocalRunner
+from pipelines.local.governed import load_execution, run_governed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,9 +254,9 @@ def test_local_runs_and_the_audit_commands_share_one_default_store(demo, tmp_pat
     """From one directory, `pipeline run --local` writes where `audit` (and `approvals`) read, with no flags."""
     import shutil
 
-    from meter.audit.stores import DEFAULT_HOME
     from meter.cli import main
-    from pipelines.local import local_store_uri
+    from pipelines.config import DEFAULT_HOME
+    from pipelines.local.governed import local_store_uri
 
     home = demo[0]
     monkeypatch.delenv("FLOPS_METER_STORE", raising=False)

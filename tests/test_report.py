@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from meter.audit.chain import draft_record
+from meter.audit.file_store import FileStore
 from meter.audit.flagged import decision_document, flag
-from meter.audit.stores import FileStore
 from meter.cli import main
 from meter.policy.compliance import classify
 from meter.policy.thresholds import two_significant

@@ -73,7 +73,7 @@ def test_the_four_steps_on_one_machine(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     audit = json.loads((pub / "processing/output/audit/audit.json").read_text())
     assert audit["created"] and audit["lineage"] == "demo/tiny" and audit["sequence"] == 1
-    from meter.audit.stores import open_store
+    from meter.audit.store import open_store
 
     stored = open_store(store).get(audit["record_sha256"])
     assert stored["dataset"]["sha256"] and stored["dataset"]["uri"] == "s3://demo/train.jsonl"

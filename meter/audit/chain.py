@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from meter.errors import MeterError
+from meter.timestamps import utc_timestamp
 
 SCHEMA_VERSION = 1
 CHAIN_FIELDS = ("sequence", "previous_record_sha256", "published_at", "record_sha256")
@@ -115,12 +116,11 @@ def draft_record(
 
 def seal(draft: dict[str, Any], *, sequence: int, previous: str | None, now: dt.datetime | None = None) -> dict:
     """Place a draft in its chain and compute its hash; validates against the schema."""
-    now = now or dt.datetime.now(dt.timezone.utc)
     record = {
         **{k: v for k, v in draft.items() if k not in CHAIN_FIELDS},
         "sequence": sequence,
         "previous_record_sha256": previous,
-        "published_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "published_at": utc_timestamp(now, fraction=True),  # to the microsecond: it orders records of one second
     }
     record["record_sha256"] = record_hash(record)
     validate(record)

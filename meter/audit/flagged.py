@@ -14,7 +14,6 @@ Plain dictionaries and hashlib only: this runs in the PublishAudit container and
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from meter.audit.chain import canonical_json
@@ -126,41 +125,3 @@ def check_decision(decision: dict[str, Any], item: dict[str, Any] | None, record
     if item.get("verdict") != record["verdict"]["status"] or decision.get("verdict") != item.get("verdict"):
         return "its verdict differs from the record's"
     return None
-
-
-def model_card(record: dict[str, Any], model_uri: str | None) -> str:
-    """A SageMaker model package model card (JSON text) with the compliance figures of a record.
-
-    Model package cards take model_overview (model_creator, model_artifact), training_details and
-    additional_information; custom_details values are strings.
-    """
-    verdict, run = record["verdict"], record["run"]
-    figures = verdict.get("figures", {})
-    rule = verdict.get("threshold_rule")
-    observations = (
-        f"Fine-tuning compute {figures.get('this_run', '?')} (regulatory count), lineage total "
-        f"{figures.get('cumulative', '?')}, threshold {figures.get('threshold', '?')} ({rule}). "
-        f"Verdict: {verdict['status']}. Counted by flops-meter; record {record['record_sha256']}."
-    )
-    details = {
-        "flops_meter_status": verdict["status"],
-        "flops_meter_crossed": "true" if verdict["crossed"] else "false",
-        "flops_meter_regulatory_flops": str(run["flops"]["regulatory"]),
-        "flops_meter_cumulative_flops": str(verdict["cumulative_flops"]),
-        "flops_meter_threshold_flops": f"{verdict['threshold_flops']:.6e}",
-        "flops_meter_threshold_rule": str(rule),
-        "flops_meter_lineage": record["lineage"]["id"],
-        "flops_meter_base_model": record["lineage"]["base_model"]["id"],
-        "flops_meter_record_sha256": record["record_sha256"],
-    }
-    card = {
-        "model_overview": {"model_creator": "flops-meter governed pipeline"},
-        "training_details": {"training_observations": observations[:1024]},
-        "additional_information": {
-            "caveats_and_recommendations": str(verdict.get("threshold_citation", ""))[:2048],
-            "custom_details": details,
-        },
-    }
-    if model_uri:
-        card["model_overview"]["model_artifact"] = [model_uri]
-    return json.dumps(card, sort_keys=True)

@@ -1,5 +1,9 @@
 """The count: FLOPs of training a model spec with a method, over token statistics.
 
+One module (over 400 lines) because it is one algorithm: the walk over the graph applies the method, the
+requires_grad propagation, the backward rule and the recompute rule together, and splitting them would scatter
+the one invariant they share (each product is counted once per pass, per operand that needs a gradient).
+
 Two counts, side by side (see DESIGN.md, "The count"):
 
 ``regulatory``  what the Guidelines (Annex A) ask for: forward and backward passes over non-padding tokens,

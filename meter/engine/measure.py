@@ -1,5 +1,8 @@
 """The generic path for architectures the analytic engine does not know: measure on the meta device.
 
+One module (over 400 lines): building the meta copy, preparing it as the live model trains, measuring and fitting
+are one procedure whose steps depend on each other's details (which modules were swapped, which lengths were run).
+
 A copy of the model is built from its config on ``torch.device("meta")`` (no memory, no weights), with eager
 attention, prepared as the live model trains (the same PEFT adapters, the same frozen parameters, the same gradient
 checkpointing), and training steps are run under ``torch.utils.flop_counter.FlopCounterMode`` at three sequence

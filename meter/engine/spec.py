@@ -1,5 +1,8 @@
 """`ModelSpec`: the architecture facts the FLOPs count needs, read from a Hugging Face config.
 
+One module (over 400 lines): the spec and its readers, one per family, with the field validation they share; a
+reader is a few lines and reads best next to the fields it fills.
+
 The spec is read from the config (a ``PretrainedConfig``, a ``config.json`` path or a dict), never from
 ``numel()`` of parameters: those may be sharded (FSDP, ZeRO-3) or 4-bit packed (QLoRA) and would shrink the count.
 """

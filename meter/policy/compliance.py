@@ -37,6 +37,7 @@ from meter.policy.thresholds import (
     threshold_for,
     two_significant,
 )
+from meter.timestamps import utc_now, utc_timestamp
 
 Status = Literal["downstream_modifier", "approaching", "gpai_provider", "gpai_sr_provider"]
 
@@ -136,7 +137,7 @@ def classify(
         raise MeterError(f"approaching_fraction must be in (0, 1], got {approaching_fraction!r}")
     if forecast_flops is not None:
         forecast_flops = check_flops(forecast_flops, "forecast_flops")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utc_now()
 
     threshold = threshold_for(original.flops, original_systemic_risk=original.is_systemic_risk)
     cumulative = prior_lineage_flops + regulatory_flops
@@ -214,7 +215,7 @@ def classify(
         notification_deadline=deadline,
         notes=tuple(notes),
         duties=duties,
-        decided_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        decided_at=utc_timestamp(now),
         model_cumulative_flops=None if model_total is None else float(model_total),
         threshold_exact=threshold.exact,
         figures={

@@ -3,9 +3,7 @@ SageMaker step entrypoints, so that both apply exactly the same logic."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from pathlib import Path
 from typing import Any
 
 from meter.errors import MeterError
@@ -238,22 +236,3 @@ def check_run(run: dict[str, Any]) -> None:
             problems.append("its timeline decreases")
     if problems:
         raise MeterError(f"run record {run.get('run_id')} is inconsistent: {'; '.join(problems)}: refused")
-
-
-def file_identity(path: str | Path) -> dict[str, Any]:
-    """Size and SHA-256 of a local data file."""
-    from meter.jsonfile import os_problem
-
-    p = Path(path)
-    try:
-        if p.is_dir():
-            raise MeterError(f"dataset file {p} is a directory: give the file")
-        if not p.is_file():
-            raise MeterError(f"dataset file not found: {p}")
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return {"size_bytes": p.stat().st_size, "sha256": digest.hexdigest()}
-    except OSError as e:
-        raise os_problem(e, p, "dataset file") from None

@@ -29,7 +29,9 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from meter.policy.parts import DEFAULT_SCOPE
-from meter.runtime.meter import JOURNAL_NAME, FlopsMeter, check_options, default_output_path, write_not_counted
+from meter.runtime.meter import FlopsMeter
+from meter.runtime.options import JOURNAL_NAME, check_options, default_output_path, nvml_option
+from meter.runtime.record import write_not_counted
 
 log = logging.getLogger("flops_meter")
 LOG_KEYS = ("flops_meter/regulatory_flops", "flops_meter/executed_flops", "flops_meter/tokens")
@@ -71,6 +73,7 @@ class FlopsMeterCallback(TrainerCallback, ExportableState):
             pretrain_flops=pretrain_flops,
             budget_flops=budget_flops,
             regulatory_scope=regulatory_scope,
+            nvml=nvml,
         )
         self.output_path = output_path
         self.pretrain_flops = pretrain_flops
@@ -112,7 +115,7 @@ class FlopsMeterCallback(TrainerCallback, ExportableState):
             budget_flops=self.budget_flops,
             stop_at_fraction=self.stop_at_fraction,
             log_every=self.log_every,
-            nvml=self.nvml,
+            nvml=nvml_option(self.nvml, fallback=True),  # checked above; training runs now: never fail on it
             precision=_precision(args),
             max_steps=state.max_steps,
             regulatory_scope=self.regulatory_scope,
