@@ -8,7 +8,7 @@ Output: ``compliance/compliance.json``
 from __future__ import annotations
 
 from meter.booleans import parse_bool
-from meter.policy.governance import compliance_document, run_verdict
+from meter.policy.governance import base_and_lineage, compliance_document, run_verdict
 from meter.policy.original import resolve_original
 from steps.common import read_run_record, run_step
 from steps.contract import CLASSIFY
@@ -18,8 +18,7 @@ def main() -> int:
     args = CLASSIFY.parse()  # the arguments are declared in steps/contract.py
 
     run = read_run_record(CLASSIFY.input("run"))
-    base = args.base_model_id or (run.get("model") or {}).get("name") or "unknown"
-    lineage = args.lineage or base
+    base, lineage = base_and_lineage(args.base_model_id, args.lineage, run)
     store = None
     if args.store_uri:
         from meter.audit.store import open_store

@@ -20,6 +20,7 @@ from meter.engine.spec import spec_from_config
 from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
 from meter.policy.compliance import classify
+from meter.policy.governance import base_and_lineage
 from meter.policy.original import resolve_original
 from meter.policy.thresholds import rule_text
 from meter.runtime.recipe import load_recipe
@@ -112,10 +113,11 @@ def main() -> int:
     count = cost.count(TokenStats.from_lengths(planned, windows=cost.windows))
 
     prior = 0
-    if args.store_uri and args.lineage:
+    _, lineage = base_and_lineage(recipe.base_model_id, args.lineage)
+    if args.store_uri:  # the plan adds up with the lineage's recorded jobs, as the verdict after training will
         from meter.audit.store import open_store
 
-        prior = open_store(args.store_uri).lineage_flops(args.lineage)
+        prior = open_store(args.store_uri).lineage_flops(lineage)
     original = resolve_original(
         recipe.base_model_id,
         args.pretrain_flops,

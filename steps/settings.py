@@ -7,6 +7,7 @@ from typing import Any
 
 from meter.engine.count import METHODS, TrainingSetup
 from meter.errors import MeterError
+from meter.runtime.recipe import meter_options
 
 # the methods TrainWithMeter's bundled script trains (the meter counts more: QLoRA needs bitsandbytes on a GPU,
 # freeze a list of trainable modules, neither of which the script sets up); "recipe": the recipe's own method
@@ -43,6 +44,8 @@ class Recipe:
         lora = values.get("lora_targets")
         if isinstance(lora, list):
             values["lora_targets"] = tuple(lora)
+        # the meter's section is read by the meter's one reader: the same checks and conversions as from_recipe
+        values["flops_meter"] = meter_options({"compute_flops": True, "flops_meter": values.get("flops_meter")})
         try:
             recipe = cls(**values)
         except TypeError as e:

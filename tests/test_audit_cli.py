@@ -234,3 +234,26 @@ def test_show_and_report_refuse_an_altered_record(capsys, tmp_path, runs) -> Non
         assert code == 2 and "does not match its SHA-256: it was altered" in err, argv
     code, _, err = cli(capsys, "report", str(path), "--format", "md", "--out", str(tmp_path / "r.md"))
     assert code == 2 and "altered" in err and not (tmp_path / "r.md").exists()
+
+
+def test_estimate_adds_up_with_the_lineage_recorded_jobs(capsys, tmp_path, monkeypatch, runs) -> None:
+    """One planner rule: `estimate` counts the plan with the lineage's recorded jobs, as classify and EstimateFLOPs
+    do (default lineage: the base model; default store: $FLOPS_METER_STORE): two 1e23 jobs recorded on Llama-3-8B
+    take exactly their compute off the plan's headroom; another lineage is not affected."""
+    monkeypatch.setenv("FLOPS_METER_STORE", f"file://{tmp_path / 'audit'}")
+    plan = ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--tokens", "2e9", "--seq-len", "4096", "--json"]
+    code, out, _ = cli(capsys, *plan)
+    alone = json.loads(out)
+    assert code == 0 and alone["prior_lineage_flops"] == 0 and alone["lineage"] == "meta-llama/Meta-Llama-3-8B"
+    assert not (tmp_path / "audit").exists()  # planning reads; it creates no store
+    for path in runs[:2]:
+        out_path = tmp_path / f"{path.stem}.c.json"
+        assert cli(capsys, "classify", str(path), "--out", str(out_path))[0] == 0
+        assert cli(capsys, "audit", "publish", str(path), "--compliance", str(out_path))[0] == 0
+    code, out, _ = cli(capsys, *plan)
+    after = json.loads(out)
+    assert after["prior_lineage_flops"] == 2 * 10**23  # the two records' regulatory FLOPs, from their files
+    assert after["lineage_flops"] == 2 * 10**23 + alone["regulatory_flops"]
+    assert after["headroom_flops"] == alone["headroom_flops"] - 2 * 10**23
+    code, out, _ = cli(capsys, *plan, "--lineage", "another/bot")
+    assert json.loads(out)["prior_lineage_flops"] == 0

@@ -26,13 +26,20 @@ class Plan:
     pretrain: Any  # the original's compute (meter.policy.original.OriginalCompute)
     trainer: str = "sft"
     scope: str = DEFAULT_SCOPE
+    lineage: str = ""
+    prior: int = 0  # the lineage's compute recorded in the audit store before this plan
+    store: str | None = None  # where it was read; None: no store
+
+    @property
+    def lineage_flops(self) -> int:
+        return self.prior + self.count.regulatory_flops
 
     @property
     def count(self):
         return self.counts[self.selected][1]
 
     def headroom(self) -> tuple[float, float | None]:
-        flops = self.threshold.flops - self.count.regulatory_flops
+        flops = self.threshold.flops - self.lineage_flops
         per_token = self.count.flops_per_token
         return flops, (flops / per_token if per_token else None)
 
@@ -64,8 +71,11 @@ class Plan:
                 "original": self.pretrain.to_dict(),
                 "notes": list(self.threshold.notes),
             },
-            "crosses_threshold": self.threshold.crossed_by(count.regulatory_flops),
-            "fraction_of_threshold": count.regulatory_flops / self.threshold.flops,
+            "lineage": self.lineage,
+            "prior_lineage_flops": self.prior,
+            "lineage_flops": self.lineage_flops,
+            "crosses_threshold": self.threshold.crossed_by(self.lineage_flops),
+            "fraction_of_threshold": self.lineage_flops / self.threshold.flops,
             "headroom_flops": headroom_flops,
             "headroom_tokens": headroom_tokens,
             "comparison": {
@@ -204,8 +214,23 @@ def plan(args) -> Plan:
     original = resolve_original(resolved.name, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
     threshold = threshold_for(original.flops, original_systemic_risk=original.is_systemic_risk)
     note = "; ".join(n for n in (resolved.note, measured_note) if n)
+    lineage, prior, store = _lineage_history(resolved.name, args)
     return Plan(resolved.name, note, spec, setup, counts, selected, stats, threshold, original,
-                trainer.trainer, args.regulatory_scope)  # fmt: skip
+                trainer.trainer, args.regulatory_scope, lineage, prior, store)  # fmt: skip
+
+
+def _lineage_history(model: str, args) -> tuple[str, int, str | None]:
+    """The plan adds up with the lineage's recorded jobs, as the verdict after training will (the same defaults as
+    classify and EstimateFLOPs: the lineage is the base model; the store, $FLOPS_METER_STORE or the local one).
+    Reading creates nothing: without a store, nothing is recorded yet."""
+    from meter.audit.store import open_store
+    from meter.policy.governance import base_and_lineage
+
+    _, lineage = base_and_lineage(model, getattr(args, "lineage", None))
+    store = open_store(getattr(args, "store", None), create=False)
+    if store is None:
+        return lineage, 0, None
+    return lineage, store.lineage_flops(lineage), store.uri
 
 
 def _upper_quarter(spec) -> str:
@@ -307,7 +332,12 @@ def print_plan(p: Plan) -> None:
     for note in t.notes:
         console.print(f"  note: {note}")
     headroom_flops, headroom_tokens = p.headroom()
-    if t.crossed_by(p.count.regulatory_flops):
+    if p.prior:
+        console.print(
+            f"lineage {p.lineage}: {two_significant(p.prior)} recorded in {p.store} before this plan; with it, "
+            f"{two_significant(p.lineage_flops)}"
+        )
+    if t.crossed_by(p.lineage_flops):
         console.print(
             f"[bold red]The plan crosses the threshold[/bold red] by {two_significant(-headroom_flops)}: "
             "the modifier would become the provider of a GPAI model (Guidelines §3.2)."

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate the FLOPs of a planned fine-tuning run from the model config and the data size.",
     )
     est.add_argument("--model", required=True, help="config.json path, model directory, or Hugging Face model id")
+    est.add_argument(
+        "--lineage", help="the model lineage whose recorded jobs add up with this plan (default: the base model)"
+    )
+    est.add_argument(
+        "--store",
+        help=f"audit store with the lineage's jobs (default $FLOPS_METER_STORE or {default_store()})",
+    )
     size = est.add_argument_group("data size (give --sequences, or --tokens; with --seq-len)")
     size.add_argument(
         "--sequences",

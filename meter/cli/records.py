@@ -41,12 +41,11 @@ def _read_heads(path: str) -> dict[str, Any]:
 
 
 def _verdict(args, run: dict[str, Any], store=None):
-    from meter.policy.governance import run_verdict
+    from meter.policy.governance import base_and_lineage, run_verdict
     from meter.policy.original import resolve_original
 
-    base = args.base_model or (run.get("model") or {}).get("name") or "unknown"
+    base, lineage = base_and_lineage(args.base_model, args.lineage, run)
     original = resolve_original(base, args.pretrain_flops, systemic_risk=args.original_systemic_risk or None)
-    lineage = args.lineage or base
     verdict = run_verdict(
         run, original, lineage=lineage, store=store, approaching_fraction=getattr(args, "approaching", 0.8)
     )

@@ -44,6 +44,14 @@ COMPLIANCE_FIELDS = {
 }
 
 
+def base_and_lineage(base_model: str | None, lineage: str | None, run: dict[str, Any] | None = None) -> tuple[str, str]:
+    """The base model (as given, else the run record's model, else "unknown") and the lineage whose jobs add up
+    (as given, else the base model: the conservative reading, which sums every job on one model). The one place
+    for these defaults: the CLI, the steps and publication all call it."""
+    base = base_model or ((run or {}).get("model") or {}).get("name") or "unknown"
+    return base, lineage or base
+
+
 def check_run_shape(run: dict[str, Any], where: str) -> None:
     """A run record's fields have the kinds the verdict reads (a MeterError naming ``where`` and the field)."""
     from meter.jsonfile import check_shape
@@ -143,8 +151,7 @@ def publish(
     if compliance.get("run_id") not in (None, run.get("run_id")):
         raise MeterError(f"the verdict is of run {compliance['run_id']}, not of {run.get('run_id')}")
     check_run(run)
-    base = compliance.get("base_model") or (run.get("model") or {}).get("name") or "unknown"
-    lineage = compliance.get("lineage") or base
+    base, lineage = base_and_lineage(compliance.get("base_model"), compliance.get("lineage"), run)
     original = _original(compliance, base)
 
     def verdict_for(prior: int) -> dict[str, Any]:
