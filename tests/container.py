@@ -39,7 +39,7 @@ def prepare(governed, opt_ml: Path, params: dict[str, str] | None = None) -> tup
             return values[value["Get"].removeprefix("Parameters.")]
         return value
 
-    from tests.test_pipeline import steps_by_name
+    from tests.definitions import steps_by_name
 
     args = next(s for s in steps_by_name(definition).values() if s["Type"] == "Training")["Arguments"]
     bucket = governed.config.bucket

@@ -22,7 +22,7 @@ from pipelines.requests import definition_problems, problems
 KEY = "arn:aws:kms:eu-central-1:111122223333:key/0f0e0d0c-1111-2222-3333-444455556666"
 
 
-from tests.test_pipeline import steps_by_name as steps  # noqa: E402  (every step, branches included)
+from tests.definitions import steps_by_name as steps  # noqa: E402  (every step, branches included)
 
 
 @pytest.fixture(scope="module")

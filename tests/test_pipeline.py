@@ -18,6 +18,7 @@ if importlib.util.find_spec("sagemaker") is None:  # importing it here would bui
 from meter.cli import main as cli
 from pipelines.config import PipelineConfig
 from pipelines.governed import PARAMETERS, build
+from tests.definitions import steps_by_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMETER_NAMES = [
@@ -63,21 +64,6 @@ def governed():
 @pytest.fixture(scope="module")
 def doc(governed):
     return json.loads(governed.definition)
-
-
-def steps_by_name(doc) -> dict[str, dict]:
-    """Every step, branches included."""
-    found = {}
-
-    def walk(steps):
-        for step in steps:
-            found[step["Name"]] = step
-            if step["Type"] == "Condition":
-                walk(step["Arguments"]["IfSteps"])
-                walk(step["Arguments"]["ElseSteps"])
-
-    walk(doc["Steps"])
-    return found
 
 
 def test_build_makes_no_network_call_and_leaves_logging_alone(no_network) -> None:

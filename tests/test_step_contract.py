@@ -16,6 +16,7 @@ import pytest
 
 from meter.errors import MeterError
 from steps.contract import CLASSIFY, ESTIMATE, PUBLISH, STEPS, TRAIN, ContractError, StepContract
+from tests.definitions import steps_by_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSING = [c for c in STEPS if not c.training]
@@ -138,20 +139,6 @@ def definition() -> dict:
     from pipelines.governed import build
 
     return json.loads(build(PipelineConfig()).definition)
-
-
-def steps_by_name(doc: dict) -> dict[str, dict]:
-    found = {}
-
-    def walk(steps):
-        for step in steps:
-            found[step["Name"]] = step
-            if step["Type"] == "Condition":
-                walk(step["Arguments"]["IfSteps"])
-                walk(step["Arguments"]["ElseSteps"])
-
-    walk(doc["Steps"])
-    return found
 
 
 def resolve(value, params: dict):
