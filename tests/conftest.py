@@ -123,6 +123,8 @@ SLOW = {
     "test_infra.py": "synthesizes the CDK app",
     "test_infra_props.py": "synthesizes the CDK app",
     "test_packaging.py": "builds the wheel",
+    "test_packed_cache.py": "trains tiny models in plain loops",
+    "test_measured_rates.py": "measures every bundled config outside the engine again",
 }
 
 

@@ -176,13 +176,16 @@ def plan(args) -> Plan:
                 raise
             measure = True
             measured_note = (
-                f"model_type '{resolved.config.get('model_type')}' is outside the analytic engine: measured with "
-                "FlopCounterMode on a meta-device copy (sliding windows credited, chunked attention as causal)"
+                f"model_type '{resolved.config.get('model_type')}' is outside the analytic engine: counted with "
+                "rates FlopCounterMode measures on a meta-device copy (sliding windows credited, chunked attention as "
+                "causal)"
             )
     if measure:
-        from meter.engine.measure import MeasuredCostModel
+        from meter.engine.measured_rates import cost_model
 
-        models = {"measured": (setup, MeasuredCostModel(resolved.config, setup, name=resolved.name))}
+        measured = cost_model(resolved.config, setup, name=resolved.name)
+        models = {"measured": (setup, measured)}
+        measured_note = "; ".join(n for n in (measured_note, f"rates measured {measured.source}") if n)
         selected = "measured"
     else:
         targets = setup.lora_targets or default_lora_targets(spec.model_type)  # reports name the modules

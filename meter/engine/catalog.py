@@ -20,7 +20,8 @@ from meter.errors import MeterError
 _VARIANT = re.compile(r"-(instruct|chat|it)(?=-|$)", re.IGNORECASE)
 
 
-def _data() -> Path:
+def data_dir() -> Path:
+    """Where the package keeps its data files."""
     return Path(str(resources.files("meter") / "data"))
 
 
@@ -28,7 +29,7 @@ def _data() -> Path:
 def bundled_configs() -> dict[str, Path]:
     """Bundled config files by lower-cased model id (and by bare name: 'llama-3.1-8b', 'tiny-llama')."""
     index: dict[str, Path] = {}
-    for path in sorted((_data() / "configs").glob("*.json")):
+    for path in sorted((data_dir() / "configs").glob("*.json")):
         model_id = path.stem.replace("--", "/")
         index[model_id.lower()] = path
         index.setdefault(model_id.rsplit("/", 1)[-1].lower(), path)
@@ -99,7 +100,7 @@ def resolve_model(model: str) -> ResolvedModel:
 
 @cache
 def _pretrain_rows() -> dict[str, dict[str, Any]]:
-    doc = json.loads((_data() / "pretrain_compute.json").read_text())
+    doc = json.loads((data_dir() / "pretrain_compute.json").read_text())
     rows: dict[str, dict[str, Any]] = {}
     for row in doc["models"]:
         for model_id in (row["id"], *row.get("aliases", ())):
@@ -124,4 +125,4 @@ def original_facts(model_id: str) -> tuple[dict[str, Any], str] | None:
 
 
 def pretrain_table() -> list[dict[str, Any]]:
-    return json.loads((_data() / "pretrain_compute.json").read_text())["models"]
+    return json.loads((data_dir() / "pretrain_compute.json").read_text())["models"]

@@ -7,9 +7,16 @@ A copy of the model is built from its config on ``torch.device("meta")`` (no mem
 attention, prepared as the live model trains (the same PEFT adapters, the same frozen parameters, the same gradient
 checkpointing), and training steps are run under ``torch.utils.flop_counter.FlopCounterMode`` at three sequence
 lengths. Forward and backward FLOPs are fitted exactly as ``c + a·s + b·s²`` (c per pass, a per token, b per
-query–key pair of eager attention), per decoder layer, and the output head is measured apart with
+query–key pair of eager attention), per kind of decoder layer, and the output head is measured apart with
 ``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do (meter.engine.count.RatedCount):
 padding, packing, heads scored on fewer positions, forward-only passes.
+
+- Speed: only one layer of each kind runs (meter.engine.layer_kinds); a kind's FLOPs are the difference a second
+  layer of it makes to the step, times the layers of that kind. DeepSeek-V3 (61 layers, 671B) is measured in about
+  a second on 2 cores. A config alone, for a bundled model, reads the rates measured when the package was built
+  (meter.engine.measured_rates): milliseconds, no torch.
+- PEFT: the adapters are built on the meta device too (no memory, no initialisation), peft's parameter-LoRA on
+  stacked experts included (its ``torch.autocast("meta")`` is answered, see _no_autocast_on_meta).
 
 - Sliding windows: a layer whose config ``layer_types`` entry is ``sliding_attention`` has its pairs credited within
   ``sliding_window`` in the regulatory count (Gemma 3, gpt-oss, Cohere 2 …); executed attention is counted as eager
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.engine.count import PassFlops, RatedCount, Rates, TrainingSetup
+from meter.engine.layer_kinds import Stack, read_stack, representatives_only
 from meter.engine.spec import refuse_multimodal
 from meter.errors import MeterError
 
@@ -57,12 +65,14 @@ class MeasuredCostModel(RatedCount):
         model: Any = None,
         bare: bool = False,
     ):
-        """``model``: the live model whose setup the copy mirrors (PEFT, frozen, checkpointing); without it, a plain
-        full fine-tuning of the config (``--measure``). ``bare``: the base model without adapters (reference
-        passes with adapters disabled)."""
+        """``model``: the live model whose setup the copy mirrors (PEFT, frozen, checkpointing); without it, the
+        setup applied to the config (``estimate``, ``--measure``). ``bare``: the base model without adapters
+        (reference passes with adapters disabled). For a bundled config, meter.engine.measured_rates.cost_model
+        reads the rates measured when the package was built instead."""
         self.setup = setup or TrainingSetup()
         self.name = self.label = name or str(config.get("_name_or_path") or config.get("model_type"))
         refuse_multimodal(config)
+        self.source = "now"  # when the rates were measured
         if model is None and (self.setup.method != "full" or self.setup.gradient_checkpointing):
             model = _measured(model_for_setup, config, self.setup)  # a meta-device model prepared as the setup says
         meta = _measured(_meta_copy, config, model, bare=bare)
@@ -86,6 +96,18 @@ class MeasuredCostModel(RatedCount):
                 per_head=forced.per_head,
             )
         self.setup = replace(self.setup, attn_implementation="eager")  # what the executed count assumes
+
+    @classmethod
+    def of_rates(cls, setup: TrainingSetup, name: str, *, windows, parameters: int, trainable: int,
+                 executed: Rates, regulatory: Rates, source: str) -> MeasuredCostModel:  # fmt: skip
+        """A cost model from rates measured before (meter.engine.measured_rates)."""
+        model = cls.__new__(cls)
+        model.setup = replace(setup, attn_implementation="eager")  # what the executed count assumes
+        model.name = model.label = name
+        model.source = source
+        model.windows, model.parameters, model.trainable = frozenset(windows), parameters, trainable
+        model.executed, model.regulatory = executed, regulatory
+        return model
 
     def trainable_parameters(self) -> int:
         return self.trainable
@@ -116,7 +138,7 @@ def model_from_config(config: dict[str, Any], **from_config: Any):
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
         raise MeterError("building a model from its config needs transformers: pip install 'flops-meter[hf]'") from None
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg = copy.deepcopy({k: v for k, v in config.items() if not k.startswith("_")})  # transformers edits nested dicts
     model_type = cfg.pop("model_type", None)
     try:
         hf_config = AutoConfig.for_model(model_type, **cfg)
@@ -142,9 +164,13 @@ def model_for_setup(config: dict[str, Any], setup: TrainingSetup):
             raise MeterError("measuring a LoRA setup needs peft: pip install 'flops-meter[hf]'") from None
         targets = setup.lora_targets or "all-linear"
         targets = targets if isinstance(targets, str) else list(targets)
-        lora = LoraConfig(r=setup.lora_r, target_modules=targets, use_dora=setup.dora)
+        # all-linear as it can train: peft cannot wrap a Linear whose forward returns more than a tensor (the
+        # routers of Llama 4 and Phi-3.5-MoE return (scores, logits)), so those are left out, as a user must
+        routers = [n for n, m in model.named_modules() if _overrides_linear(m)] if targets == "all-linear" else []
+        lora = LoraConfig(r=setup.lora_r, target_modules=targets, use_dora=setup.dora, exclude_modules=routers or None)
         try:
-            model = get_peft_model(model, lora)
+            with torch.device("meta"):  # the adapters too: no memory, no initialisation work
+                model = get_peft_model(model, lora)
         except ValueError as e:
             raise MeterError(f"--lora-targets: {str(e).splitlines()[0]}") from None
     elif setup.method == "freeze":
@@ -159,6 +185,12 @@ def model_for_setup(config: dict[str, Any], setup: TrainingSetup):
     if setup.gradient_checkpointing and setup.method != "full":
         (model.get_base_model() if hasattr(model, "get_base_model") else model).enable_input_require_grads()
     return model
+
+
+def _overrides_linear(module) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and type(module).forward is not torch.nn.Linear.forward
 
 
 def _meta_copy(config: dict[str, Any], live: Any, *, bare: bool):
@@ -183,7 +215,8 @@ def _meta_copy(config: dict[str, Any], live: Any, *, bare: bool):
     if adapter is not None and not bare:
         from peft import get_peft_model
 
-        model = get_peft_model(model, copy.deepcopy(top.peft_config[adapter]))
+        with torch.device("meta"):
+            model = get_peft_model(model, copy.deepcopy(top.peft_config[adapter]))
     elif not bare:  # full or freeze: the live model's trainable parameters, by name
         trainable = {_plain(n) for n, p in top.named_parameters() if p.requires_grad}
         for n, p in model.named_parameters():
@@ -210,13 +243,25 @@ def _feeds_grad_into_embeddings(live) -> bool:
 
 @dataclass(frozen=True)
 class _Shape:
-    """Where to read a step's FLOPs: the decoder layers' module names (with each layer's sliding window), the
-    experts modules that run every expert on every token (with the fraction a token routes to), and the rotary
+    """Where to read a step's FLOPs: the decoder layers by kind (meter.engine.layer_kinds: one measured layer
+    stands for all of its kind, with its sliding window), the experts modules that run every expert on every token
+    (with the fraction a token routes to, inside a representative layer or outside the stack), and the rotary
     embeddings (whose frequency table is left out)."""
 
-    layers: tuple[tuple[str, int | None], ...] = ()
+    stack: Stack | None = None
     dense_experts: tuple[tuple[str, Fraction], ...] = ()
     rotary: tuple[str, ...] = ()
+
+    @property
+    def layers(self) -> tuple[tuple[str, int | None], ...]:
+        return tuple((name, window) for name, window, _ in self.stack.representatives) if self.stack else ()
+
+    def multiplicity(self, name: str) -> int:
+        """How many layers the module ``name`` stands for: its representative layer's count, or 1."""
+        for layer, _, count in self.stack.representatives if self.stack else ():
+            if name == layer or name.startswith(layer + "."):
+                return count
+        return 1
 
 
 @dataclass(frozen=True)
@@ -234,24 +279,24 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     if input_grads:
         target.enable_input_require_grads()
-    names = [n for n, _ in shape.layers] + [n for n, _ in shape.dense_experts]
     try:
+        run = _Runner(model, shape)
         try:
-            masked = True
-            first = _step(model, _LENGTHS[0], names, shape.rotary)
+            first = run(_LENGTHS[0])
         except RuntimeError as e:
             if "item()" not in str(e):
                 raise
-            masked = False  # a mask check the meta device cannot run: no mask, and the cache keeps packing checks off
-            first = _step(model, _LENGTHS[0], names, shape.rotary, masked=False)
-        steps = {
-            s: first if s == _LENGTHS[0] else _step(model, s, names, shape.rotary, masked=masked) for s in _LENGTHS
-        }
+            run.masked = False  # a mask check the meta device cannot run: no mask, the cache keeps packing checks off
+            first = run(_LENGTHS[0])
+        steps = {s: first if s == _LENGTHS[0] else run(s) for s in _LENGTHS}
         longest = _LENGTHS[-1]
         try:
-            kept = _step(model, longest, (), shape.rotary, keep=1, masked=masked)
+            kept = run(longest, keep=1)
         except TypeError:  # a forward without logits_to_keep: the head stays in the per-token rate
             kept = None
+        # the head ran on every position in the fits and on one in ``kept``: the difference, with the same layers
+        head_work = kept and tuple(a - b for a, b in zip(steps[longest].total, kept.total, strict=True))
+        steps = {s: run.whole_stack(s, steps[s]) for s in _LENGTHS}
     finally:
         if checkpointing:
             target.gradient_checkpointing_disable()
@@ -264,8 +309,8 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
 
     per_pass, per_token, per_pair = fit(lambda st: st.total)
     head = PassFlops()
-    if kept is not None:  # the head ran on every position in the fits: move it out of the per-token rate
-        head = PassFlops(*((steps[longest].total[i] - kept.total[i]) // (longest - 1) for i in (0, 1)))
+    if head_work is not None:  # the head ran on every position in the fits: move it out of the per-token rate
+        head = PassFlops(*(f // (longest - 1) for f in head_work))
     per_token = PassFlops(per_token.forward - head.forward, per_token.backward - head.backward)
     executed = Rates(per_token=per_token, per_pair={None: per_pair}, per_pass=per_pass, per_head=head)
 
@@ -298,7 +343,37 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
     return executed, regulatory
 
 
-def _step(model, s: int, names, rotary, keep: int = 0, masked: bool = True) -> _Step:
+class _Runner:
+    """Measured steps with one layer of each kind running (meter.engine.layer_kinds), and what the whole stack runs.
+
+    A kind's FLOPs are read as a difference of totals, never from FlopCounterMode's attribution to modules, which
+    loses backward work in some models (Bloom, Falcon: the layers' backward is partly charged to no module): the
+    step is run again with a second layer of the kind, and the difference is one layer of it. A kind with a single
+    layer needs no such run for the totals; its pairs, for a sliding-window credit, are read from its module.
+    """
+
+    def __init__(self, model, shape: _Shape):
+        self.model, self.shape, self.masked = model, shape, True
+        self._layers: dict[int, dict[str, tuple[int, int]]] = {}  # length -> kind -> one layer's (fwd, bwd)
+
+    def __call__(self, s: int, keep: int = 0, second: str | None = None) -> _Step:
+        with representatives_only(self.model, self.shape.stack, second=second):
+            return _step(self.model, s, self.shape, keep=keep, masked=self.masked)
+
+    def whole_stack(self, s: int, step: _Step) -> _Step:
+        """``step`` (representatives only) as the whole stack runs it: totals and each named module's FLOPs."""
+        extra, modules = [0, 0], dict(step.modules)
+        for name, _, count in self.shape.stack.representatives if self.shape.stack else ():
+            if count > 1:
+                one = tuple(a - b for a, b in zip(self(s, second=name).total, step.total, strict=True))
+                modules[name] = one
+                extra = [e + (count - 1) * f for e, f in zip(extra, one, strict=True)]
+        modules = {n: tuple(self.shape.multiplicity(n) * f for f in flops) for n, flops in modules.items()}
+        return _Step((step.total[0] + extra[0], step.total[1] + extra[1]), modules)
+
+
+def _step(model, s: int, shape: _Shape, keep: int = 0, masked: bool = True) -> _Step:
+    """One training step at length ``s``: the totals and the named modules' FLOPs, rotary tables left out."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -311,6 +386,8 @@ def _step(model, s: int, names, rotary, keep: int = 0, masked: bool = True) -> _
     if keep:
         kwargs["logits_to_keep"] = keep
     prefix = type(model).__name__ + "."
+    layers = [n for n, _ in shape.layers]
+    names = layers + [n for n, _ in shape.dense_experts] + list(shape.rotary)
     # one mode around forward and backward: FlopCounterMode attributes backward work to modules only when it saw
     # their forward; the backward is the difference to the forward's snapshot
     with counter, _one_unpacked_row(masked), _no_autocast_on_meta():
@@ -318,10 +395,14 @@ def _step(model, s: int, names, rotary, keep: int = 0, masked: bool = True) -> _
         forward, by_module = counter.get_total_flops(), _by_module(counter, prefix, names)
         logits.float().sum().backward()
     both = _by_module(counter, prefix, names)
-    modules = {n: (by_module.get(n, 0), both.get(n, 0) - by_module.get(n, 0)) for n in names}
+    measured = {n: (by_module.get(n, 0), both.get(n, 0) - by_module.get(n, 0)) for n in names}
     # the rotary frequency table (a bmm of inverse frequencies by positions in transformers < 5.4): computed once
     # per batch from positions alone, no weights, no rows; not model compute, and not a per-token rate
-    table = sum(_by_module(counter, prefix, rotary).values())
+    table = sum(sum(measured[r]) for r in shape.rotary)
+    for rotary in shape.rotary:  # a layer's own rotary embedding: its table is not the layer's work either
+        for name in (n for n in layers if rotary.startswith(n + ".")):
+            measured[name] = tuple(a - b for a, b in zip(measured[name], measured[rotary], strict=True))
+    modules = {n: f for n, f in measured.items() if n not in shape.rotary}
     return _Step((forward - table, counter.get_total_flops() - forward), modules)
 
 
@@ -344,23 +425,26 @@ def _one_unpacked_row(masked: bool):
 
 @contextlib.contextmanager
 def _no_autocast_on_meta():
-    """transformers before 5.4 (the 5.3 of the Hugging Face training image) asks ``torch.is_autocast_enabled("meta")``
-    in its rotary embeddings, which torch answers with an error: autocast has no meta device. The answer is known
-    (no autocast: the measured step runs none) and given while the step runs; newer transformers never ask."""
+    """torch has no autocast for the meta device, and two callers ask for it while the measured step runs:
+    transformers before 5.4 (the 5.3 of the Hugging Face training image) asks ``torch.is_autocast_enabled("meta")``
+    in its rotary embeddings, and peft's ParamWrapper (LoRA on stacked expert parameters) enters
+    ``torch.autocast("meta", enabled=False)``; torch answers both with an error. The answers are known (no autocast:
+    the measured step runs none) and given while the step runs."""
     import torch
 
-    try:
-        torch.is_autocast_enabled("meta")
-        yield
-        return
-    except RuntimeError:
-        pass
-    asked = torch.is_autocast_enabled
-    torch.is_autocast_enabled = lambda *args: False if args and args[0] == "meta" else asked(*args)
+    asked, entered = torch.is_autocast_enabled, torch.autocast
+
+    def is_autocast_enabled(*args):
+        return False if args and args[0] == "meta" else asked(*args)
+
+    def autocast(device_type, *args, **kwargs):
+        return contextlib.nullcontext() if device_type == "meta" else entered(device_type, *args, **kwargs)
+
+    torch.is_autocast_enabled, torch.autocast = is_autocast_enabled, autocast
     try:
         yield
     finally:
-        torch.is_autocast_enabled = asked
+        torch.is_autocast_enabled, torch.autocast = asked, entered
 
 
 def _by_module(counter, prefix: str, names) -> dict[str, int]:
@@ -369,25 +453,25 @@ def _by_module(counter, prefix: str, names) -> dict[str, int]:
 
 
 def _shape(model) -> _Shape:
-    """The decoder layers (with their sliding windows, from the config transformers built) and dense experts."""
+    """The decoder layers by kind (with their sliding windows, from the config transformers built), the dense
+    experts that run when only the representatives do, and the rotary embeddings."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     n_layers = getattr(config, "num_hidden_layers", None)
     layer_types = getattr(config, "layer_types", None) or ()
     window = getattr(config, "sliding_window", None)
     experts = _num_experts(config)
-    layers: tuple[tuple[str, int | None], ...] = ()
+    stack: Stack | None = None
     dense: list[tuple[str, Fraction]] = []
     rotary = []
     for name, module in model.named_modules():
         if name and type(module).__name__.endswith("RotaryEmbedding"):
             rotary.append(name)
-        children = list(module.children())
-        if not layers and n_layers and type(module).__name__ == "ModuleList" and len(children) == n_layers:
+        if stack is None and n_layers and type(module).__name__ == "ModuleList" and len(module) == n_layers:
             windows = [
                 window if i < len(layer_types) and layer_types[i] == "sliding_attention" and window else None
                 for i in range(n_layers)
             ]
-            layers = tuple((f"{name}.{i}", w) for i, w in enumerate(windows))
+            stack = read_stack(model, name, windows)
         if experts > 1 and _is_experts(module, experts) and not _dispatches(module):
             if type(module).__name__ not in _DENSE_EXPERTS:
                 raise MeterError(
@@ -395,9 +479,11 @@ def _shape(model) -> _Shape:
                     "experts_implementation: its routed compute cannot be measured on the meta device"
                 )
             dense.append((name, Fraction(config.num_experts_per_tok, config.num_local_experts)))
-    if not any(w is not None for _, w in layers):
-        layers = ()  # nothing to credit: the totals suffice
-    return _Shape(layers, tuple(dense), tuple(rotary))
+    if stack is not None:  # only what runs: the representatives' modules and those outside the stack
+        stood_in = tuple(f"{stack.name}.{i}" for i, _ in stack.stands_in)
+        runs = lambda n: not any(n == s or n.startswith(s + ".") for s in stood_in)  # noqa: E731
+        dense = [(n, f) for n, f in dense if runs(n)]
+    return _Shape(stack, tuple(dense), tuple(rotary))
 
 
 # experts modules that run every expert on every token (the router zeroes the unrouted ones' contribution)

@@ -8,6 +8,10 @@ so padding (positions from a cumulative sum of ``attention_mask``, left or right
 (``position_ids`` restarting at 0, as ``DataCollatorWithFlattening`` produces) and labels-only batches are all
 counted by a few tensor reductions added into one int64 device tensor. Shapes (B·L, B·L²) are known on the host.
 
+Packed rows are counted per document only where transformers attends them per document: with a KV cache (the
+model's default ``use_cache=True`` outside Trainer) or flash attention over several rows it attends across the
+whole row, and each row is then one sequence (``attends_whole_row``).
+
 A KV-cached generation step sees only its new tokens (``input_ids`` (B, n)) with the mask of the whole context
 (B, past + n): the new tokens' positions are the last n columns of the mask's cumulative sum, each new query
 attends to p + 1 keys (Σ min(p + 1, w) within a window), and the kernels run B·n·(past + n) query–key products.
@@ -50,15 +54,19 @@ class TokenCounter:
         self._peak = None  # device int64 (streams,): longest real sequence
         self._host = [[0] * _HOST for _ in range(streams)]
 
-    def observe(self, batch: Mapping[str, Any], stream: int = 0, *, backward: bool = False, past: int = 0) -> None:
+    def observe(
+        self, batch: Mapping[str, Any], stream: int = 0, *, backward: bool = False, past: int = 0,
+        whole_rows: bool = False,
+    ) -> None:  # fmt: skip
         """Add one forward pass: a mapping with input_ids (or inputs_embeds) and attention_mask/position_ids/labels.
 
         ``backward``: a backward pass follows (a recomputing head then runs again); ``past``: tokens already in
-        the KV cache when the mask does not say (no attention_mask).
+        the KV cache when the mask does not say (no attention_mask); ``whole_rows``: the model attends packed rows
+        across the whole row (``attends_whole_row``), so each row counts as one sequence.
         """
         import torch
 
-        q, rows, length, keys = _ranks(batch, past, self.pad_token_id)
+        q, rows, length, keys = _ranks(batch, past, self.pad_token_id, whole_rows)
         if q is None:
             return
         # A handful of small kernels per pass and no sync: on a launch-bound GPU step each one is host time.
@@ -148,9 +156,11 @@ class TokenCounter:
         return out
 
 
-def _ranks(batch: Mapping[str, Any], past: int = 0, pad_token_id: int | None = None):
+def _ranks(batch: Mapping[str, Any], past: int = 0, pad_token_id: int | None = None, whole_rows: bool = False):
     """(q, rows B, length L, keys): q = 1-based position of each real token, 0 elsewhere, int64 on the batch's
     device; keys = the key positions each query row is computed against (L, or past + L with a KV cache).
+
+    ``whole_rows``: packed rows (position_ids, no mask) are attended as one sequence each: q = past + column + 1.
 
     (None, 0, 0, 0) when the batch has nothing to count.
     """
@@ -179,7 +189,10 @@ def _ranks(batch: Mapping[str, Any], past: int = 0, pad_token_id: int | None = N
         return (position_ids + 1) * mask[:, keys - length :], rows, length, keys
     keys = past + length
     if position_ids is not None:  # packed, no mask: every position is real but trailing padding
-        q = position_ids + 1
+        if whole_rows:  # transformers attends across the row: one causal sequence per row
+            q = torch.arange(past + 1, past + length + 1, device=device).expand(rows, length)
+        else:
+            q = position_ids + 1
         ids = batch.get("input_ids")
         if pad_token_id is not None and isinstance(ids, torch.Tensor) and tuple(ids.shape) == (rows, length):
             # pad_to_multiple_of pads a packed row with pad tokens at position 0 (TRL's padding-free collator):
@@ -194,6 +207,80 @@ def _ranks(batch: Mapping[str, Any], past: int = 0, pad_token_id: int | None = N
         last = torch.where(labels != IGNORE_INDEX, index, 0).amax(1, keepdim=True)
         return index * (index <= last), rows, length, keys
     return index, rows, length, keys  # no mask: the model attends to every position
+
+
+def attends_whole_row(model: Any, batch: Mapping[str, Any]) -> str | None:
+    """Why ``model`` attends the packed rows of ``batch`` across the whole row, not per document; None when it does
+    not (or when the batch is not packed: an attention_mask, or no position_ids).
+
+    Packed rows tell their documents apart by ``position_ids`` alone, and transformers (the source of 5.3 and
+    5.23 alike) keeps the documents apart in two places only:
+
+    - the mask builders (eager, SDPA, flex attention): ``masking_utils._preprocess_mask_arguments`` calls
+      ``find_packed_sequence_indices(position_ids)`` only when ``attention_mask is None and past_key_values is
+      None``; and the decoder's forward creates a ``DynamicCache`` *before* building the mask whenever
+      ``use_cache`` is true (passed, or its config's, by ``merge_with_config_defaults``, which turns it off while
+      training with gradient checkpointing; Trainer sets ``config.use_cache = args.use_cache``, False). With a
+      cache the row is one causal sequence.
+    - flash attention (``modeling_flash_attention_utils._flash_attention_forward``, also hub kernels wrapped by
+      ``integrations.flash_attention.flash_attention_forward``): the cache plays no part; ``cu_seq_lens_q/k``
+      passed, or ``_is_packed_sequence(position_ids, batch_size)``, which holds for a batch of one row only.
+
+    Anything else (a kernel's own function, paged attention: no mask builder) is left per document.
+    """
+    if batch.get("attention_mask") is not None or batch.get("position_ids") is None:
+        return None
+    functions = _transformers_attention()
+    if functions is None:
+        return None
+    flash_forward, flash_mask, attention, masks = functions
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    impl = getattr(text, "_attn_implementation", None)
+    mask = masks.get(impl)
+    if mask is flash_mask:
+        if attention.get(impl) is not flash_forward or batch.get("cu_seq_lens_q") is not None:
+            return None
+        reference = batch.get("input_ids")
+        reference = reference if reference is not None else batch.get("inputs_embeds")
+        rows = int((reference if reference is not None else batch["position_ids"]).shape[0])
+        if rows == 1:
+            return None
+        return ("packed rows in a batch of several rows are attended across the whole row by flash attention "
+                "(transformers reads packing from position_ids for a batch of one row only): counted as one sequence "
+                "per row; put a batch's documents in one row (DataCollatorWithFlattening) to have them attended per "
+                "document")  # fmt: skip
+    if mask is None:
+        return None
+    if batch.get("past_key_values") is not None:
+        why = "a past_key_values cache is passed"
+    else:
+        use_cache = batch.get("use_cache")
+        use_cache = getattr(text, "use_cache", None) if use_cache is None else use_cache
+        if not use_cache:
+            return None
+        training = bool(getattr(model, "training", False))
+        if training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+            return None  # merge_with_config_defaults: use_cache=True is incompatible with gradient checkpointing
+        why = "use_cache=True"
+    return (f"packed rows are attended across the whole row because {why} (transformers looks for packed sequences "
+            "in position_ids only without a KV cache): counted as one sequence per row; pass use_cache=False (as "
+            "Trainer does) to have them attended per document")  # fmt: skip
+
+
+@cache
+def _transformers_attention():
+    """(flash_attention_forward, flash_attention_mask, attention functions, mask functions) of the installed
+    transformers, or None without it."""
+    try:
+        from transformers.integrations.flash_attention import flash_attention_forward
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except Exception:  # no transformers (or one that will not import): nothing packs rows for us to read
+        return None
+    # the registries' global mappings, as _preprocess_mask_arguments reads them (kernels register into them)
+    masks, attention = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, ALL_ATTENTION_FUNCTIONS._global_mapping
+    return flash_attention_forward, flash_attention_mask, attention, masks
 
 
 def _head_positions(batch: Mapping[str, Any], q, rows: int, length: int):

@@ -33,7 +33,7 @@ from meter.policy.parts import DEFAULT_SCOPE, PARTS, ROLES
 from meter.policy.thresholds import NOT_LEGAL_ADVICE, check_flops, two_significant
 from meter.runtime import resume
 from meter.runtime.attribution import AdapterProbe, RunCount, Stream, cache_length, count_streams, policy_part
-from meter.runtime.counter import TokenCounter
+from meter.runtime.counter import TokenCounter, attends_whole_row
 from meter.runtime.energy import cuda_device_name, hardware_bound, on_cuda, precision_of, run_energy
 from meter.runtime.hooks import PassHooks
 from meter.runtime.log import ensure_log_handler, log, say_where
@@ -199,10 +199,25 @@ class FlopsMeter:
                 batch["input_ids"] = args[0]
             stream = stream_of(module, batch)
             past = cache_length(batch.get("past_key_values")) if batch.get("attention_mask") is None else 0
-            self.counter.observe(batch, stream, backward=self.streams[stream].backward, past=past)
+            whole_rows = self._whole_rows(module, batch)
+            self.counter.observe(batch, stream, backward=self.streams[stream].backward, past=past,
+                                 whole_rows=whole_rows)  # fmt: skip
         except Exception as e:  # never break the forward pass
             self.uncounted_passes += 1
             self._degrade(f"a forward pass could not be counted ({type(e).__name__}: {e}): the count is a lower bound")
+
+    def _whole_rows(self, model: Any, batch: dict[str, Any]) -> bool:
+        """Whether ``model`` attends this batch's packed rows across the whole row (counter.attends_whole_row);
+        said once. Never raises: when it cannot tell, the rows stay per document and the count a lower bound."""
+        try:
+            why = attends_whole_row(model, batch)
+        except Exception as e:
+            self._degrade(f"could not tell how packed rows are attended ({type(e).__name__}: {e}): counted per "
+                          "document, the count is a lower bound")  # fmt: skip
+            return False
+        if why is not None:
+            self._note_once(why)
+        return why is not None
 
     def observe(self, batch: dict[str, Any], part: str = "training") -> None:
         """Count one forward pass explicitly (for loops that do not use the hooks): a training micro-batch, or a
@@ -216,7 +231,10 @@ class FlopsMeter:
         index = next((i for i, s in enumerate(self.streams) if s.part == part), None)
         if index is None:
             raise MeterError(f"unknown part {part!r}: use one of {', '.join(PARTS)}")
-        self.counter.observe(batch, index, backward=self.streams[index].backward)
+        from meter.runtime.introspect import unwrap
+
+        whole_rows = self._whole_rows(unwrap(self._model_ref), batch)
+        self.counter.observe(batch, index, backward=self.streams[index].backward, whole_rows=whole_rows)
 
     @property
     def stats(self) -> TokenStats:
