@@ -77,7 +77,7 @@ test: $(STAMP) browser
 contract: .venv-training/.installed .venv-processing/.installed
 	PYTHONPATH=$(CURDIR) .venv-training/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py \
 	  tests/test_steps.py tests/test_runtime.py tests/test_light.py tests/test_flop_counter.py tests/test_tokens.py \
-	  tests/test_generic_path.py
+	  tests/test_generic_path.py tests/test_packed_cache.py
 	PYTHONPATH=$(CURDIR) .venv-processing/bin/python -m pytest -q -p no:cacheprovider tests/test_steps.py \
 	  -k "plan or bad_input or test_spec" tests/test_spec.py
 

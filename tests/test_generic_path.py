@@ -157,3 +157,66 @@ def test_config_only_measure_counts_lora_and_freeze() -> None:
     assert frozen.regulatory_flops < MeasuredCostModel(config).count(stats).regulatory_flops
     with pytest.raises(MeterError, match="matches no parameter"):
         MeasuredCostModel(config, TrainingSetup(method="freeze", trainable=("nothing",)))
+
+
+CHUNK = 16
+
+
+def _llama4(chunk: int = CHUNK):
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    config = Llama4TextConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, intermediate_size=64, intermediate_size_mlp=128,
+                              num_local_experts=4, num_experts_per_tok=1, attention_chunk_size=chunk,
+                              attn_implementation="eager")  # fmt: skip
+    torch.manual_seed(0)
+    return Llama4ForCausalLM(config).train()
+
+
+def _allowed_pairs(model, attention_mask) -> int:
+    """The query–key pairs of real queries that transformers' own chunked mask allows (eager: 0 kept, -inf cut)."""
+    import inspect
+
+    from transformers.masking_utils import create_chunked_causal_mask
+
+    embeds = torch.zeros(*attention_mask.shape, model.config.hidden_size)
+    kwargs = {"config": model.config, "inputs_embeds": embeds, "attention_mask": attention_mask,
+              "past_key_values": None, "position_ids": None}  # fmt: skip
+    if "cache_position" in inspect.signature(create_chunked_causal_mask).parameters:  # transformers < 5.4
+        kwargs["cache_position"] = torch.arange(attention_mask.shape[1])
+    mask = create_chunked_causal_mask(**kwargs)
+    allowed = mask[:, 0] == 0 if mask.dtype != torch.bool else mask[:, 0]
+    return int((allowed & attention_mask.bool()[:, :, None]).sum())
+
+
+def test_llama4_chunked_attention_is_credited_its_chunks(tmp_path) -> None:
+    """Llama 4's chunked layers see keys of their chunk only: the regulatory count credits exactly the pairs
+    transformers' chunked mask allows (read from the mask it builds), and no more than causal attention would."""
+    from meter import FlopsMeter
+
+    model = _llama4()
+    types = model.config.layer_types
+    chunked = sum(t == "chunked_attention" for t in types)
+    assert 0 < chunked < len(types)  # NoPE layers stay full causal attention
+    measured = MeasuredCostModel(model.config.to_dict(), model=model)
+    assert -CHUNK in measured.windows
+
+    # the meter over a left- and right-padded batch: its pairs are the mask's
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[0, :7] = 0  # left padding: transformers' chunks start after it
+    mask[1, 35:] = 0
+    ids = torch.randint(3, 500, mask.shape)
+    meter = FlopsMeter(model, output_path=tmp_path / "m.json", nvml=False).start()
+    model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    meter.step()
+    meter.stop()
+    assert meter.stats.causal_pairs(-CHUNK) == _allowed_pairs(model, mask)
+
+    # the regulatory count: the chunked layers' pairs, each pair's forward and backward work by hand
+    stats = TokenStats.from_lengths([40, 25], windows=measured.windows)
+    assert stats.causal_pairs(-CHUNK) == 2 * 136 + 36 + 136 + 45  # chunks of 16: 16+16+8 and 16+9
+    causal = stats.causal_pairs()
+    as_causal = measured.count(TokenStats.from_lengths([40, 25])).regulatory_flops  # no chunk counts: causal
+    per_pair = 3 * 2 * 2 * model.config.num_attention_heads * model.config.head_dim  # QKᵀ and AV, fwd + 2× bwd
+    credit = as_causal - measured.count(stats).regulatory_flops
+    assert credit == (causal - stats.causal_pairs(-CHUNK)) * chunked * per_pair

@@ -177,8 +177,7 @@ def plan(args) -> Plan:
             measure = True
             measured_note = (
                 f"model_type '{resolved.config.get('model_type')}' is outside the analytic engine: counted with "
-                "rates FlopCounterMode measures on a meta-device copy (sliding windows credited, chunked attention as "
-                "causal)"
+                "rates FlopCounterMode measures on a meta-device copy (sliding windows and attention chunks credited)"
             )
     if measure:
         from meter.engine.measured_rates import cost_model

@@ -19,9 +19,9 @@ padding, packing, heads scored on fewer positions, forward-only passes.
   stacked experts included (its ``torch.autocast("meta")`` is answered, see _no_autocast_on_meta).
 
 - Sliding windows: a layer whose config ``layer_types`` entry is ``sliding_attention`` has its pairs credited within
-  ``sliding_window`` in the regulatory count (Gemma 3, gpt-oss, Cohere 2 …); executed attention is counted as eager
-  runs it (L² per row), also when the live model runs SDPA or flash. Chunked attention (Llama 4) is credited as
-  causal: more than it computes, never less.
+  ``sliding_window`` in the regulatory count (Gemma 3, gpt-oss, Cohere 2 …), and a ``chunked_attention`` layer its
+  pairs within chunks of ``attention_chunk_size`` (Llama 4; meter.engine.tokens.chunk_key); executed attention is
+  counted as eager runs it (L² per row), also when the live model runs SDPA or flash.
 - Mixture of experts: transformers' experts modules dispatch through ``experts_implementation``; the copy uses
   ``batched_mm``, which runs each token's top-k experts as batched matmuls FlopCounterMode sees, with shapes that
   do not depend on routing (so it runs on meta). That is the routed compute eager experts run, exactly. An experts
@@ -45,6 +45,7 @@ from typing import Any
 from meter.engine.count import PassFlops, RatedCount, Rates, TrainingSetup
 from meter.engine.layer_kinds import Stack, read_stack, representatives_only
 from meter.engine.spec import refuse_multimodal
+from meter.engine.tokens import chunk_key
 from meter.errors import MeterError
 
 _LENGTHS = (64, 128, 256)
@@ -459,6 +460,8 @@ def _shape(model) -> _Shape:
     n_layers = getattr(config, "num_hidden_layers", None)
     layer_types = getattr(config, "layer_types", None) or ()
     window = getattr(config, "sliding_window", None)
+    chunk = getattr(config, "attention_chunk_size", None)
+    spans = {"sliding_attention": window, "chunked_attention": chunk_key(chunk) if chunk else None}
     experts = _num_experts(config)
     stack: Stack | None = None
     dense: list[tuple[str, Fraction]] = []
@@ -467,10 +470,7 @@ def _shape(model) -> _Shape:
         if name and type(module).__name__.endswith("RotaryEmbedding"):
             rotary.append(name)
         if stack is None and n_layers and type(module).__name__ == "ModuleList" and len(module) == n_layers:
-            windows = [
-                window if i < len(layer_types) and layer_types[i] == "sliding_attention" and window else None
-                for i in range(n_layers)
-            ]
+            windows = [spans.get(layer_types[i]) if i < len(layer_types) else None for i in range(n_layers)]
             stack = read_stack(model, name, windows)
         if experts > 1 and _is_experts(module, experts) and not _dispatches(module):
             if type(module).__name__ not in _DENSE_EXPERTS:

@@ -7,6 +7,8 @@ Every FLOPs figure is linear in a handful of sums, so a run is described exactly
 - ``padded_tokens`` / ``padded_sq``  Σ B·L and Σ B·L² over micro-batches of B rows padded to L: what eager and
   SDPA kernels execute;
 - ``window_pairs`` Σ pairs within a sliding window w, per window the model uses (Σ min(i, w) over positions);
+  a negative key −C is attention in chunks of C (Llama 4): a query at row position r (0-based, after left
+  padding, as transformers' chunked mask counts) sees min(i, r mod C + 1) keys of its sequence;
 - ``passes``      the number of forward passes (micro-batches), for per-pass terms such as DoRA's weight norm;
 - ``head_tokens`` / ``padded_head_tokens``  positions the output head scores (real / as run), when fewer than all
   (``logits_to_keep`` in generation and GRPO, TRL's fused LM head on labelled positions): default every token;
@@ -26,10 +28,19 @@ from meter.errors import MeterError
 
 
 def window_pairs(length: int, window: int) -> int:
-    """Query–key pairs a causal query row set of ``length`` needs when each query sees ``window`` keys (itself too)."""
+    """Query–key pairs a causal query row set of ``length`` needs when each query sees ``window`` keys (itself too);
+    for a chunk key ``window = −C``, the pairs of a sequence that starts its row, in chunks of C."""
+    if window < 0:
+        chunks, rest = divmod(length, -window)
+        return chunks * (-window) * (-window + 1) // 2 + rest * (rest + 1) // 2
     if length <= window:
         return length * (length + 1) // 2
     return window * (window + 1) // 2 + (length - window) * window
+
+
+def chunk_key(size: int) -> int:
+    """The window_pairs key of attention in chunks of ``size`` (Llama 4's attention_chunk_size)."""
+    return -size
 
 
 @dataclass(frozen=True)
@@ -175,14 +186,15 @@ class TokenStats:
     # -- what the count reads -----------------------------------------------------------------------------------
 
     def causal_pairs(self, window: int | None = None) -> int:
-        """Query–key pairs causal attention needs over the real sequences (within ``window`` when given)."""
-        if window is None or self.max_len <= window:
+        """Query–key pairs causal attention needs over the real sequences (within ``window`` when given; in chunks
+        of C for ``window = −C``)."""
+        if window is not None and window in self.window_pairs:
+            return self.window_pairs[window]
+        if window is None or window < 0 or self.max_len <= window:  # no chunk counts: causal, more, never less
             return (self.sum_sq + self.tokens) // 2
-        if window not in self.window_pairs:
-            raise MeterError(
-                f"token statistics lack pair counts for sliding window {window}: build them with windows=[{window}]"
-            )
-        return self.window_pairs[window]
+        raise MeterError(
+            f"token statistics lack pair counts for sliding window {window}: build them with windows=[{window}]"
+        )
 
     def _pairs_in(self, window: int) -> int:
         return self.window_pairs[window] if window in self.window_pairs else self.causal_pairs(window)

@@ -74,7 +74,7 @@ class TokenCounter:
         scored_host = recomputed_host = 0  # applied only once the device work is queued: no half-counted pass
         with torch.no_grad():
             tokens = torch.count_nonzero(q)
-            columns = [tokens, q.sum(), (q == 1).sum(), *[q.clamp(max=w).sum() for w in self.windows]]
+            columns = [tokens, q.sum(), (q == 1).sum(), *self._window_pairs(batch, q, past)]
             scored = _head_positions(batch, q, rows, length)
             if scored is None:  # the head scores every position
                 scored_host = rows * length
@@ -102,6 +102,20 @@ class TokenCounter:
         host[2] += 1
         host[3] += scored_host
         host[4] += recomputed_host
+
+    def _window_pairs(self, batch: Mapping[str, Any], q, past: int) -> list:
+        """Σ min(q, w) per sliding window w; per attention chunk C (key −C), Σ min(q, r mod C + 1) with r the
+        token's row position after left padding, as transformers' chunked mask (masking_utils.chunked_overlay)."""
+        import torch
+
+        if not any(w < 0 for w in self.windows):
+            return [q.clamp(max=w).sum() for w in self.windows]
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            r = (mask.to(torch.int64).cumsum(1) - 1)[:, mask.shape[1] - q.shape[1] :]
+        else:
+            r = torch.arange(past, past + q.shape[1], device=q.device).expand_as(q)
+        return [q.clamp(max=w).sum() if w > 0 else torch.minimum(q, r % -w + 1).sum() for w in self.windows]
 
     @property
     def pending(self) -> bool:

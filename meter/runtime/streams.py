@@ -83,7 +83,7 @@ def cost_model(observed: ObservedSetup, name: str, model: Any, *, note: Note, ba
         note(
             f"model_type '{observed.config.get('model_type')}' is outside the analytic engine: its rates were "
             "measured with FlopCounterMode on a meta-device copy prepared as it trains ("
-            "sliding windows credited, MoE experts as routed, executed attention counted as eager)"
+            "sliding windows and attention chunks credited, MoE experts as routed, executed attention counted as eager)"
         )
         return cost
     return CostModel(spec, setup, trainable=None if bare else observed.trainable)
