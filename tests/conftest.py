@@ -125,6 +125,7 @@ SLOW = {
     "test_packaging.py": "builds the wheel",
     "test_packed_cache.py": "trains tiny models in plain loops",
     "test_measured_rates.py": "measures every bundled config outside the engine again",
+    "test_layer_kinds.py": "trains eight-layer models of five families against FlopCounterMode",
 }
 
 

@@ -147,14 +147,30 @@ def padded_batch(lengths: list[int], padded_to: int, vocab: int, seed: int = 0):
 
 
 def truth_counter(**kwargs):
-    """``torch.utils.flop_counter.FlopCounterMode``, less the rotary frequency table.
+    """``torch.utils.flop_counter.FlopCounterMode``, less the rotary frequency table, with convolution backward
+    counted by hand.
 
     transformers before 5.4 builds the rotary table with a bmm of inverse frequencies by positions (head_dim/2
     multiply-adds per position and forward, once per batch, no weights: 1e-8 of a step at 8B); later releases
     build it elementwise, which FlopCounterMode does not count. Training compute, as the meter defines it, is
     the model's work on tokens: the table is left out, in every transformers release alike.
+
+    torch's convolution_backward formula counts a grouped convolution's weight gradient ``groups`` times (it runs
+    the formula of an ungrouped convolution); each gradient of a convolution is as much work as its forward:
+    2 × (output elements) × (weights per output channel), here written out by hand for the convolutions the
+    models use (not transposed). ``test_grouped_convolution_backward`` shows the difference.
     """
+    from math import prod
+
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    def conv_backward(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kw) -> int:
+        transposed, output_mask = args[4], args[7]
+        assert not transposed, "the truth counts ordinary convolutions only"
+        return sum(output_mask[:2]) * 2 * prod(grad_out_shape) * prod(w_shape[1:])
+
+    kwargs["custom_mapping"] = {torch.ops.aten.convolution_backward: conv_backward, **kwargs.get("custom_mapping", {})}
 
     class TruthCounter(FlopCounterMode):
         def rotary_flops(self) -> int:

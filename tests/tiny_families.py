@@ -76,13 +76,14 @@ def causal_lm_types() -> list[str]:
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-def tiny_config(model_type: str):
-    """The model type's config class with its defaults, sizes shrunk (MLA keeps one head size per key and value)."""
+def tiny_config(model_type: str, **sizes_given: Any):
+    """The model type's config class with its defaults, sizes shrunk (MLA keeps one head size per key and value);
+    ``sizes_given`` override the shrunk sizes (``num_hidden_layers=8``)."""
     from transformers import AutoConfig
 
     cls = type(AutoConfig.for_model(model_type))
     defaults = cls()
-    sizes = {k: v for k, v in _SIZES.items() if hasattr(defaults, k)}
+    sizes = {k: v for k, v in {**_SIZES, **sizes_given}.items() if hasattr(defaults, k)}
     if hasattr(defaults, "kv_lora_rank"):  # MLA: as many key/value heads as query heads, head_dim = rope dims
         sizes.update(num_key_value_heads=sizes["num_attention_heads"])
         if "head_dim" in sizes:
@@ -96,12 +97,13 @@ def tiny_config(model_type: str):
     return cls(**sizes)
 
 
-def build(model_type: str, **from_config: Any):
+def build(model_type: str, layers: int | None = None, **from_config: Any):
     """The tiny model, random-initialised on the current device, eager attention and eager experts."""
     from transformers import AutoModelForCausalLM
 
+    config = tiny_config(model_type, **({"num_hidden_layers": layers} if layers else {}))
     kwargs = {"attn_implementation": "eager", **from_config}
     try:
-        return AutoModelForCausalLM.from_config(tiny_config(model_type), experts_implementation="eager", **kwargs)
+        return AutoModelForCausalLM.from_config(config, experts_implementation="eager", **kwargs)
     except (TypeError, ValueError):
-        return AutoModelForCausalLM.from_config(tiny_config(model_type), **kwargs)
+        return AutoModelForCausalLM.from_config(config, **kwargs)

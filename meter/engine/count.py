@@ -157,12 +157,13 @@ class PassFlops:
 @dataclass(frozen=True)
 class Rates:
     """FLOPs per unit of one regime: per token, per query–key pair (by window), per forward pass, per position
-    scored by the output head."""
+    scored by the output head, per row of a pass (the generic path's linear attention: state work per row)."""
 
     per_token: PassFlops = PassFlops()
     per_pair: dict[int | None, PassFlops] = field(default_factory=dict)
     per_pass: PassFlops = PassFlops()
     per_head: PassFlops = PassFlops()
+    per_row: PassFlops = PassFlops()
 
 
 class Totals:
@@ -226,7 +227,10 @@ class RatedCount:
         """Both counts of the batches in ``stats``; ``backward=False`` for passes that run forward only."""
         reg, exe = self.regulatory, self.executed
         regulatory = (
-            reg.per_token.times(stats.tokens) + reg.per_head.times(stats.head_tokens) + reg.per_pass.times(stats.passes)
+            reg.per_token.times(stats.tokens)
+            + reg.per_head.times(stats.head_tokens)
+            + reg.per_pass.times(stats.passes)
+            + reg.per_row.times(stats.rows)
         )
         for window, rate in reg.per_pair.items():
             regulatory += rate.times(stats.causal_pairs(window))
@@ -234,6 +238,7 @@ class RatedCount:
             exe.per_token.times(stats.padded_tokens)
             + exe.per_head.times(stats.padded_head_tokens)
             + exe.per_pass.times(stats.passes)
+            + exe.per_row.times(stats.rows)
         )
         for window, rate in exe.per_pair.items():
             pairs = stats.causal_pairs(window) if self.setup.flash else stats.padded_sq

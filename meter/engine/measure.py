@@ -7,9 +7,10 @@ A copy of the model is built from its config on ``torch.device("meta")`` (no mem
 attention, prepared as the live model trains (the same PEFT adapters, the same frozen parameters, the same gradient
 checkpointing), and training steps are run under ``torch.utils.flop_counter.FlopCounterMode`` at three sequence
 lengths. Forward and backward FLOPs are fitted exactly as ``c + a·s + b·s²`` (c per pass, a per token, b per
-query–key pair of eager attention), per kind of decoder layer, and the output head is measured apart with
-``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do (meter.engine.count.RatedCount):
-padding, packing, heads scored on fewer positions, forward-only passes.
+query–key pair of eager attention), per kind of decoder layer; a step of two rows tells what c holds per row
+(linear attention's recurrent state) from what it holds per pass (DoRA's weight norm), and the output head is
+measured apart with ``logits_to_keep=1``. The rates then count batches exactly as the analytic engine's do
+(meter.engine.count.RatedCount): padding, packing, heads scored on fewer positions, forward-only passes.
 
 - Speed: only one layer of each kind runs (meter.engine.layer_kinds); a kind's FLOPs are the difference a second
   layer of it makes to the step, times the layers of that kind. DeepSeek-V3 (61 layers, 671B) is measured in about
@@ -95,6 +96,7 @@ class MeasuredCostModel(RatedCount):
                 per_pair={None: _with_recompute(forced.per_pair[None], recomputing.per_pair[None])},
                 per_pass=_with_recompute(forced.per_pass, recomputing.per_pass),
                 per_head=forced.per_head,
+                per_row=_with_recompute(forced.per_row, recomputing.per_row),
             )
         self.setup = replace(self.setup, attn_implementation="eager")  # what the executed count assumes
 
@@ -274,7 +276,8 @@ class _Step:
 
 
 def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False, input_grads: bool = False):
-    """Executed and regulatory Rates, fitted exactly from three lengths (per pass, token, pair, head position)."""
+    """Executed and regulatory Rates, fitted exactly from three lengths and a step of two rows (per pass, row,
+    token, pair, head position)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     if checkpointing:
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -298,6 +301,10 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
         # the head ran on every position in the fits and on one in ``kept``: the difference, with the same layers
         head_work = kept and tuple(a - b for a, b in zip(steps[longest].total, kept.total, strict=True))
         steps = {s: run.whole_stack(s, steps[s]) for s in _LENGTHS}
+        try:  # two rows: what a pass does once per row (linear attention's state) apart from once per pass
+            two_rows = run.whole_stack(_LENGTHS[0], run(_LENGTHS[0], rows=2), rows=2).total
+        except Exception:  # a model that cannot run two rows on meta keeps it all per pass
+            two_rows = None
     finally:
         if checkpointing:
             target.gradient_checkpointing_disable()
@@ -309,11 +316,17 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
         return tuple(PassFlops(f[0][j], f[1][j]) for j in range(3))
 
     per_pass, per_token, per_pair = fit(lambda st: st.total)
+    per_row = PassFlops()
+    if two_rows is not None:  # F(2 rows) − F(1 row) = per row + per token·s + per pair·s²
+        s = _LENGTHS[0]
+        row = [per_token.forward * s + per_pair.forward * s * s, per_token.backward * s + per_pair.backward * s * s]
+        per_row = PassFlops(*(two_rows[i] - steps[s].total[i] - row[i] for i in (0, 1)))
+        per_pass = PassFlops(per_pass.forward - per_row.forward, per_pass.backward - per_row.backward)
     head = PassFlops()
     if head_work is not None:  # the head ran on every position in the fits: move it out of the per-token rate
         head = PassFlops(*(f // (longest - 1) for f in head_work))
     per_token = PassFlops(per_token.forward - head.forward, per_token.backward - head.backward)
-    executed = Rates(per_token=per_token, per_pair={None: per_pair}, per_pass=per_pass, per_head=head)
+    executed = Rates(per_token=per_token, per_pair={None: per_pair}, per_pass=per_pass, per_head=head, per_row=per_row)
 
     # regulatory: each layer's pairs within its window, and the routed share of experts that run every expert
     pairs: dict[int | None, PassFlops] = {}
@@ -340,6 +353,7 @@ def _rates(model, shape: _Shape, *, checkpointing: bool, reentrant: bool = False
         per_pair=pairs,
         per_pass=per_pass,
         per_head=head,
+        per_row=per_row,
     )
     return executed, regulatory
 
@@ -357,33 +371,33 @@ class _Runner:
         self.model, self.shape, self.masked = model, shape, True
         self._layers: dict[int, dict[str, tuple[int, int]]] = {}  # length -> kind -> one layer's (fwd, bwd)
 
-    def __call__(self, s: int, keep: int = 0, second: str | None = None) -> _Step:
+    def __call__(self, s: int, keep: int = 0, second: str | None = None, rows: int = 1) -> _Step:
         with representatives_only(self.model, self.shape.stack, second=second):
-            return _step(self.model, s, self.shape, keep=keep, masked=self.masked)
+            return _step(self.model, s, self.shape, keep=keep, masked=self.masked, rows=rows)
 
-    def whole_stack(self, s: int, step: _Step) -> _Step:
+    def whole_stack(self, s: int, step: _Step, rows: int = 1) -> _Step:
         """``step`` (representatives only) as the whole stack runs it: totals and each named module's FLOPs."""
         extra, modules = [0, 0], dict(step.modules)
         for name, _, count in self.shape.stack.representatives if self.shape.stack else ():
             if count > 1:
-                one = tuple(a - b for a, b in zip(self(s, second=name).total, step.total, strict=True))
+                one = tuple(a - b for a, b in zip(self(s, second=name, rows=rows).total, step.total, strict=True))
                 modules[name] = one
                 extra = [e + (count - 1) * f for e, f in zip(extra, one, strict=True)]
         modules = {n: tuple(self.shape.multiplicity(n) * f for f in flops) for n, flops in modules.items()}
         return _Step((step.total[0] + extra[0], step.total[1] + extra[1]), modules)
 
 
-def _step(model, s: int, shape: _Shape, keep: int = 0, masked: bool = True) -> _Step:
-    """One training step at length ``s``: the totals and the named modules' FLOPs, rotary tables left out."""
+def _step(model, s: int, shape: _Shape, keep: int = 0, masked: bool = True, rows: int = 1) -> _Step:
+    """One training step of ``rows`` rows of length ``s``: the totals and the named modules' FLOPs, rotary tables
+    left out."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    ids = torch.zeros(1, s, dtype=torch.long, device="meta")
+    ids = torch.zeros(rows, s, dtype=torch.long, device="meta")
     # an explicit mask: without one (and without a cache) transformers inspects position_ids for packing, a
     # data-dependent check the meta device cannot run. Some models check the mask itself for all-ones (hybrid
     # linear attention): those run without a mask, and the packing check is answered (see _one_unpacked_row).
-    kwargs: dict[str, Any] = {"attention_mask": torch.ones(1, s, dtype=torch.long, device="meta")} if masked else {}
-    counter = FlopCounterMode(display=False)
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones(rows, s, dtype=torch.long, device="meta")} if masked else {}
+    counter = flop_counter()
     if keep:
         kwargs["logits_to_keep"] = keep
     prefix = type(model).__name__ + "."
@@ -405,6 +419,29 @@ def _step(model, s: int, shape: _Shape, keep: int = 0, masked: bool = True) -> _
             measured[name] = tuple(a - b for a, b in zip(measured[name], measured[rotary], strict=True))
     modules = {n: f for n, f in measured.items() if n not in shape.rotary}
     return _Step((forward - table, counter.get_total_flops() - forward), modules)
+
+
+def flop_counter():
+    """``torch.utils.flop_counter.FlopCounterMode`` with the weight gradient of a grouped convolution counted once
+    per group.
+
+    torch's formula for ``aten.convolution_backward`` computes the weight gradient as an ungrouped convolution of
+    the input with the output gradient, so a grouped convolution's weight gradient is counted ``groups`` times: for
+    the depthwise causal convolution of hybrid linear attention (Qwen3-Next: 8,192 channels, one group each) that is
+    8,192 times its work, about a third of the whole step. Forward and input-gradient formulas are right.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
+
+    def grouped_conv_backward(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                              output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:  # fmt: skip
+        args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups)
+        # torch's own formula (shape-wrapped: the output shapes go in as out_val), one gradient at a time
+        grad_input = conv_backward_flop(*args, [True, False, False], out_val=out_shape) if output_mask[0] else 0
+        grad_weight = conv_backward_flop(*args, [False, True, False], out_val=out_shape) if output_mask[1] else 0
+        return grad_input + grad_weight // max(groups, 1)
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: grouped_conv_backward})
 
 
 @contextlib.contextmanager

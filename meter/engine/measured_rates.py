@@ -23,7 +23,7 @@ from typing import Any
 
 from meter.engine.count import PassFlops, Rates, TrainingSetup
 
-FORMAT = 1
+FORMAT = 2  # 2: per-row rates
 _FILE = "measured_rates.json"
 
 
@@ -118,6 +118,7 @@ def rates(entry: dict[str, Any], which: str) -> Rates:
         per_pair={(None if w == "causal" else int(w)): PassFlops(*f) for w, f in doc["per_pair"].items()},
         per_pass=PassFlops(*doc["per_pass"]),
         per_head=PassFlops(*doc["per_head"]),
+        per_row=PassFlops(*doc["per_row"]),
     )
 
 
@@ -130,6 +131,7 @@ def _rates_json(r: Rates) -> dict[str, Any]:
         "per_pair": {("causal" if w is None else str(w)): flops(f) for w, f in r.per_pair.items()},
         "per_pass": flops(r.per_pass),
         "per_head": flops(r.per_head),
+        "per_row": flops(r.per_row),
     }
 
 

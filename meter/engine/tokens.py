@@ -10,6 +10,7 @@ Every FLOPs figure is linear in a handful of sums, so a run is described exactly
   a negative key −C is attention in chunks of C (Llama 4): a query at row position r (0-based, after left
   padding, as transformers' chunked mask counts) sees min(i, r mod C + 1) keys of its sequence;
 - ``passes``      the number of forward passes (micro-batches), for per-pass terms such as DoRA's weight norm;
+- ``rows``        Σ B, the rows of those passes, for per-row terms (the recurrent state of linear attention);
 - ``head_tokens`` / ``padded_head_tokens``  positions the output head scores (real / as run), when fewer than all
   (``logits_to_keep`` in generation and GRPO, TRL's fused LM head on labelled positions): default every token;
 - ``head_recompute_tokens``  positions whose head product is run again in backward (TRL's fused LM head):
@@ -53,6 +54,7 @@ class TokenStats:
     max_len: int = 0
     passes: int = 0
     window_pairs: dict[int, int] = field(default_factory=dict, hash=False)
+    rows: int = 0
     head_tokens: int | None = None  # None: every real token
     padded_head_tokens: int | None = None  # None: every padded position
     head_recompute_tokens: int = 0
@@ -91,10 +93,10 @@ class TokenStats:
         if any(s <= 0 for s in lengths):
             raise MeterError("sequence lengths must be positive integers")
         tokens = sum(lengths)
+        b = len(lengths) if rows is None else rows
         if padded_to is None:
             padded_tokens, padded_sq = tokens, sum(s * s for s in lengths)
         else:
-            b = len(lengths) if rows is None else rows
             padded_tokens, padded_sq = b * padded_to, b * padded_to * padded_to
         return cls(
             tokens=tokens,
@@ -105,6 +107,7 @@ class TokenStats:
             max_len=max(lengths, default=0),
             passes=1,
             window_pairs={w: sum(window_pairs(s, w) for s in lengths) for w in set(windows)},
+            rows=b,
         )
 
     @classmethod
@@ -125,6 +128,7 @@ class TokenStats:
             max_len=seq_len,
             passes=sequences if passes is None else passes,
             window_pairs={w: sequences * window_pairs(seq_len, w) for w in set(windows)},
+            rows=sequences,
         )
 
     @classmethod
@@ -160,6 +164,7 @@ class TokenStats:
             max_len=max(self.max_len, other.max_len),
             passes=self.passes + other.passes,
             window_pairs={w: self._pairs_in(w) + other._pairs_in(w) for w in keys},
+            rows=self.rows + other.rows,
             head_tokens=self.head_tokens + other.head_tokens,
             padded_head_tokens=self.padded_head_tokens + other.padded_head_tokens,
             head_recompute_tokens=self.head_recompute_tokens + other.head_recompute_tokens,
@@ -178,6 +183,7 @@ class TokenStats:
             max_len=self.max_len,
             passes=self.passes * times,
             window_pairs={w: v * times for w, v in self.window_pairs.items()},
+            rows=self.rows * times,
             head_tokens=self.head_tokens * times,
             padded_head_tokens=self.padded_head_tokens * times,
             head_recompute_tokens=self.head_recompute_tokens * times,
@@ -209,6 +215,7 @@ class TokenStats:
             "max_len": self.max_len,
             "passes": self.passes,
             "window_pairs": {str(k): v for k, v in sorted(self.window_pairs.items())},
+            "rows": self.rows,
             "head_tokens": self.head_tokens,
             "padded_head_tokens": self.padded_head_tokens,
             "head_recompute_tokens": self.head_recompute_tokens,
@@ -216,8 +223,10 @@ class TokenStats:
 
 
 _INT_FIELDS = ("tokens", "sum_sq", "padded_tokens", "padded_sq", "sequences", "max_len", "passes",
-               "head_tokens", "padded_head_tokens", "head_recompute_tokens")  # fmt: skip
-_OPTIONAL = ("head_tokens", "padded_head_tokens", "head_recompute_tokens")  # absent from records before parts
+               "head_tokens", "padded_head_tokens", "head_recompute_tokens", "rows")  # fmt: skip
+# absent from records before parts (head_*) and before per-row rates (rows: 0, only the generic path's
+# linear-attention models have a per-row rate)
+_OPTIONAL = ("head_tokens", "padded_head_tokens", "head_recompute_tokens", "rows")
 
 
 def stats_from_dict(d: dict) -> TokenStats:

@@ -38,7 +38,7 @@ from meter.engine.tokens import TokenStats
 IGNORE_INDEX = -100
 _MAIN = 3  # device columns before the window pairs: tokens, Σq, sequences
 _HEAD = 3  # device head columns: real positions scored − tokens, scored positions (compact), recomputed (compact)
-_HOST = 5  # padded_tokens, padded_sq, passes, scored positions (shape-known), recomputed positions (shape-known)
+_HOST = 6  # padded_tokens, padded_sq, passes, scored positions (shape-known), recomputed positions (shape-known), rows
 
 
 class TokenCounter:
@@ -102,6 +102,7 @@ class TokenCounter:
         host[2] += 1
         host[3] += scored_host
         host[4] += recomputed_host
+        host[5] += rows
 
     def _window_pairs(self, batch: Mapping[str, Any], q, past: int) -> list:
         """Σ min(q, w) per sliding window w; per attention chunk C (key −C), Σ min(q, r mod C + 1) with r the
@@ -151,7 +152,7 @@ class TokenCounter:
             tokens, sum_q, sequences = row[:_MAIN]
             pairs = row[_MAIN : _MAIN + n]
             head_delta, scored_dev, recomputed_dev = row[_MAIN + n : _MAIN + n + _HEAD]
-            padded_tokens, padded_sq, passes, scored_host, recomputed_host = row[_MAIN + n + _HEAD :]
+            padded_tokens, padded_sq, passes, scored_host, recomputed_host, rows_seen = row[_MAIN + n + _HEAD :]
             out.append(
                 TokenStats(
                     tokens=tokens,
@@ -162,6 +163,7 @@ class TokenCounter:
                     max_len=longest,
                     passes=passes,
                     window_pairs=dict(zip(self.windows, pairs, strict=True)),
+                    rows=rows_seen,
                     head_tokens=tokens + head_delta,
                     padded_head_tokens=scored_host + scored_dev,
                     head_recompute_tokens=recomputed_host + recomputed_dev,
