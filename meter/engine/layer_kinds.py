@@ -116,9 +116,8 @@ def representatives_only(model, stack: Stack | None, *, second: str | None = Non
         def forward(self, *args, **kwargs):
             # a new tensor object (a view, no FLOPs): FlopCounterMode tells modules apart in backward by hooks on
             # their input and output tensors, which must not be the same object
-            hidden = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).view_as(
-                args[0] if args else kwargs["hidden_states"]
-            )
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            hidden = hidden.view_as(hidden)
             out = last[self._rep]
             if isinstance(out, (tuple, list)):
                 return type(out)((hidden, *out[1:]))
