@@ -7,7 +7,6 @@ is a MeterError before any training starts, never a failure inside the job.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from meter.booleans import parse_bool
 from meter.errors import MeterError
 from meter.policy.parts import DEFAULT_SCOPE, check_scope
 from meter.policy.thresholds import Threshold, check_flops, threshold_for
+from meter.runtime.log import log
 
 if TYPE_CHECKING:
     from meter.policy.original import OriginalCompute
@@ -47,7 +47,7 @@ def nvml_option(nvml: bool | None, *, fallback: bool = False) -> bool:
     except MeterError as e:
         if not fallback:
             raise
-        logging.getLogger("flops_meter").warning("flops_meter: %s; NVML sampling stays on (the default)", e)
+        log.warning("flops_meter: %s; NVML sampling stays on (the default)", e)
         return True
 
 

@@ -219,7 +219,7 @@ def write_not_counted(path: Path, reason: str) -> dict[str, Any]:
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        write_atomic(path, json.dumps(record, indent=2))  # a reader sees no record or all of it
     except OSError as e:
         log.warning("flops_meter: could not write %s: %s", path, e)
     return record
