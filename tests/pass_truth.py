@@ -36,6 +36,17 @@ def flop_counter():
     return truth_counter(custom_mapping={torch.ops.aten.addmm_: addmm_})
 
 
+def step_truth(model, seq: int) -> int:
+    """FLOPs of one training step of ``model`` on one unpadded row of ``seq`` random tokens, by ``flop_counter``."""
+    import torch
+
+    ids = torch.randint(3, 500, (1, seq))
+    counter = flop_counter()
+    with counter:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().sum().backward()
+    return counter.get_total_flops()
+
+
 class PassTruth:
     def __init__(self) -> None:
         self.parts: dict[str, int] = defaultdict(int)

@@ -19,7 +19,7 @@ import torch
 from meter.engine.measure import MeasuredCostModel, _meta_copy, _shape
 from meter.engine.tokens import TokenStats
 from meter.runtime.introspect import observe_model
-from tests.pass_truth import flop_counter
+from tests.pass_truth import step_truth
 from tests.tiny_families import build
 
 SEQ = 64  # a multiple of the chunk (64) hybrid linear attention pads to: exact there (see README "Limits")
@@ -44,11 +44,7 @@ def _prepared(model_type: str, method: str):
 
 
 def _truth(model) -> int:
-    ids = torch.randint(3, 500, (1, SEQ))
-    counter = flop_counter()
-    with counter:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().sum().backward()
-    return counter.get_total_flops()
+    return step_truth(model, SEQ)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "freeze", "checkpointing"])

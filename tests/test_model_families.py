@@ -20,7 +20,7 @@ from meter.engine.measure import MeasuredCostModel
 from meter.engine.tokens import TokenStats
 from meter.errors import MeterError
 from meter.runtime.introspect import observe_model
-from tests.pass_truth import flop_counter
+from tests.pass_truth import step_truth
 from tests.tiny_families import CANNOT_BUILD, NOT_DECODER_LMS, TOO_LARGE, build, causal_lm_types
 
 # model type -> why the meta device cannot measure it: the meter refuses (the run is recorded not counted)
@@ -75,11 +75,7 @@ def _prepare(model_type: str, method: str):
 
 
 def _truth(model) -> int:
-    ids = torch.randint(3, 500, (1, SEQ))
-    counter = flop_counter()
-    with counter:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float().sum().backward()
-    return counter.get_total_flops()
+    return step_truth(model, SEQ)
 
 
 # the families people fine-tune in 2026 and one of each mechanism: every method (the sweep of all types runs full)
