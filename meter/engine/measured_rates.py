@@ -135,30 +135,37 @@ def _rates_json(r: Rates) -> dict[str, Any]:
     }
 
 
+def outside_engine() -> list[tuple[str, dict[str, Any]]]:
+    """(model id, config) of every bundled config the analytic engine cannot read and ``estimate`` does not refuse
+    (multimodal): the ones the generic path counts, which must have shipped rates."""
+    from meter.engine.catalog import bundled_configs
+    from meter.engine.spec import refuse_multimodal, spec_from_config
+    from meter.errors import MeterError, UnknownArchitecture
+
+    found = []
+    for path in sorted(set(bundled_configs().values())):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            refuse_multimodal(config)
+            spec_from_config(config)
+        except UnknownArchitecture:
+            found.append((path.stem.replace("--", "/"), config))
+        except MeterError:
+            pass  # multimodal: estimate refuses it
+    return found
+
+
 def refresh() -> Path:
     """Measure every bundled config outside the analytic engine under every setup, and write the file."""
     import time
 
     import transformers
 
-    from meter.engine.catalog import bundled_configs
     from meter.engine.measure import MeasuredCostModel
-    from meter.engine.spec import refuse_multimodal, spec_from_config
-    from meter.errors import MeterError, UnknownArchitecture
 
     entries: dict[str, Any] = {}
     models = []
-    for path in sorted(set(bundled_configs().values())):
-        config = json.loads(path.read_text(encoding="utf-8"))
-        try:
-            refuse_multimodal(config)
-            spec_from_config(config)
-            continue  # the analytic engine counts it
-        except UnknownArchitecture:
-            pass
-        except MeterError:
-            continue  # multimodal: estimate refuses it
-        name = path.stem.replace("--", "/")
+    for name, config in outside_engine():
         for label, setup in setups().items():
             t0 = time.perf_counter()
             entry_key = key(config, setup)
